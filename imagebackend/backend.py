@@ -1,0 +1,171 @@
+"""The factory: image type -> backend class; disks by name, path or record.
+
+``Backend(use_cow)`` is Nova's entry point and keeps Nova's meaning for
+*new* disks (``by_name`` uses ``[libvirt] images_type``). An *existing* disk
+is opened with :meth:`Backend.from_metadata`, from its record, never from
+today's config; a disk made before records gets one on first touch.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+from typing import Any, Callable
+
+from imagebackend import cache as cache_mod
+from imagebackend import config
+from imagebackend import exception
+from imagebackend import image as image_mod
+from imagebackend import names
+from imagebackend import qemu
+from imagebackend import records as records_mod
+from imagebackend import sources as sources_mod
+
+# image type -> "module:Class"; imported on first use.
+BACKENDS = {
+    'flat': 'imagebackend.backends.flat:Flat',
+    'raw': 'imagebackend.backends.flat:Flat',
+    'qcow2': 'imagebackend.backends.qcow2:Qcow2',
+}
+# Nova's other types: known names whose backends are not in this release.
+PENDING = ('lvm', 'rbd', 'ploop')
+KNOWN_TYPES = tuple(BACKENDS) + PENDING + ('default',)
+
+# The backend a legacy disk.info format implies (Nova wrote only these).
+_DISK_INFO_BACKENDS = {'raw': 'flat', 'qcow2': 'qcow2', 'ploop': 'ploop'}
+
+
+def backend_class(image_type: str) -> type[image_mod.Image]:
+    """The class for a concrete image type (not 'default')."""
+    if image_type in PENDING:
+        raise exception.BackendUnavailable(
+            image_type=image_type, reason='this release has no native '
+            'implementation of it yet')
+    try:
+        module, cls = BACKENDS[image_type].split(':')
+    except (KeyError, AttributeError):
+        raise exception.UnknownBackend(image_type=image_type,
+                                       known=', '.join(KNOWN_TYPES))
+    return getattr(importlib.import_module(module), cls)
+
+
+class Backend:
+    """Makes :class:`Image` objects for one host's configuration."""
+
+    def __init__(self, use_cow: bool | None = None, *, conf=None,
+                 source: sources_mod.ImageSource | None = None,
+                 records: records_mod.RecordStore | None = None,
+                 transport=None):
+        self.conf = config.register_opts(conf)
+        self.use_cow = (self.conf.use_cow_images if use_cow is None
+                        else use_cow)
+        if source is None:
+            source = sources_mod.DirectoryImageSource(
+                self.conf.imagebackend.images_dir)
+        self.source = source
+        self.image_cache = cache_mod.ImageCache(self.conf, source, transport)
+        if records is None:
+            records = records_mod.InstanceDirStore(
+                self.conf.instances_path, self.image_cache.lock_path)
+        self.records = records
+
+    def _type(self, image_type: str | None) -> str:
+        image_type = image_type or self.conf.libvirt.images_type
+        if image_type == 'default':
+            image_type = 'qcow2' if self.use_cow else 'flat'
+        if image_type == 'raw':
+            image_type = 'flat'
+        return image_type
+
+    def backend(self, image_type: str | None = None
+                ) -> Callable[..., image_mod.Image]:
+        """A constructor ``f(instance=, disk_name=, path=,
+        disk_info_mapping=)`` for ``image_type`` (default: the host's)."""
+        cls = backend_class(self._type(image_type))
+        return functools.partial(cls, backend=self)
+
+    def by_name(self, instance, name: str, image_type: str | None = None,
+                disk_info_mapping=None) -> image_mod.Image:
+        """A disk of ``instance`` by name, on ``image_type`` or the host's
+        configured type (for disks about to be created)."""
+        names.check_disk_name(name)
+        return self.backend(image_type)(instance=instance, disk_name=name,
+                                        disk_info_mapping=disk_info_mapping)
+
+    def by_libvirt_path(self, instance, path: str,
+                        image_type: str | None = None) -> image_mod.Image:
+        return self.backend(image_type)(instance=instance, path=path)
+
+    # -- existing disks ------------------------------------------------------
+
+    def from_metadata(self, instance, name: str,
+                      disk_info_mapping=None) -> image_mod.Image:
+        """An existing disk, opened as its record says it is."""
+        names.check_disk_name(name)
+        uuid = names.check_instance_uuid(instance.uuid)
+        record = self.records.get(uuid, name)
+        if record is None:
+            record = self._adopt(instance, name)
+        if not record.created:
+            raise exception.IncompleteDisk(disk_name=name, instance=uuid,
+                                           state=record.state)
+        cls = backend_class(self._type(record.backend))
+        return cls(instance=instance, disk_name=name,
+                   disk_info_mapping=disk_info_mapping, backend=self,
+                   record=record)
+
+    def _adopt(self, instance, name: str) -> records_mod.DiskRecord:
+        """A record for a disk made before records existed.
+
+        Nova's disk.info says what format it decided a file disk has; failing
+        that, this host's config says which backend made it (we are on the
+        host that created it). The file is never sniffed for its format.
+        """
+        instance_dir = os.path.join(self.conf.instances_path, instance.uuid)
+        path = os.path.join(instance_dir, name)
+        fmt = _disk_info(instance_dir).get(path)
+        if fmt is not None:
+            image_type = _DISK_INFO_BACKENDS.get(fmt)
+            if image_type is None:
+                raise exception.CorruptRecord(
+                    location=os.path.join(instance_dir, 'disk.info'),
+                    reason=f'unknown format {fmt!r} for {name}')
+            how = 'disk.info'
+        else:
+            image_type = self._type(None)
+            how = 'host config'
+        disk = backend_class(image_type)(instance=instance, disk_name=name,
+                                         backend=self)
+        if not disk.exists():
+            raise exception.RecordNotFound(disk_name=name,
+                                           instance=instance.uuid)
+        fmt = fmt or disk.driver_format
+        info = qemu.info(disk.path, fmt)
+        backing = info.get('full-backing-filename') or info.get(
+            'backing-filename')
+        record = records_mod.DiskRecord(
+            instance=instance.uuid, name=name, backend=disk.image_type,
+            format=fmt, location=disk.location, source_type='none',
+            source_id=None, virtual_size=int(info['virtual-size']),
+            state=records_mod.CREATED,
+            backing=os.path.basename(backing) if backing else None,
+            backing_format=info.get('backing-filename-format'),
+            provenance={'path': 'adopted', 'from': how})
+        self.records.put(record)
+        return record
+
+
+def _disk_info(instance_dir: str) -> dict[str, Any]:
+    path = os.path.join(instance_dir, 'disk.info')
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise exception.CorruptRecord(location=path, reason=str(e))
+    if not isinstance(data, dict):
+        raise exception.CorruptRecord(location=path, reason='not an object')
+    return data

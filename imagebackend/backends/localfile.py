@@ -1,0 +1,38 @@
+"""What every disk kept as a file in the instance directory shares."""
+
+from __future__ import annotations
+
+import os
+
+from imagebackend import exception
+from imagebackend import fileutils
+from imagebackend import image
+
+
+class LocalFileImage(image.Image):
+    """A disk at ``<instances_path>/<uuid>/<disk name>`` (or a given path)."""
+
+    def __init__(self, instance=None, disk_name=None, path=None,
+                 disk_info_mapping=None, *, backend, driver_format='raw',
+                 record=None):
+        super().__init__(instance, disk_name, path, disk_info_mapping,
+                         backend=backend, source_type='file',
+                         driver_format=driver_format, record=record)
+        if path is None:
+            if instance is None or disk_name is None:
+                raise exception.InvalidInput(
+                    reason='a disk needs an instance and a name, or a path')
+            self.path = os.path.join(self.instance_dir, disk_name)
+        elif disk_name is None and instance is not None and \
+                os.path.dirname(path) == self.instance_dir:
+            self.disk_name = os.path.basename(path)
+        self.preallocate = self.conf.preallocate_images == 'space'
+        if self.preallocate:
+            self.driver_io = 'native'
+
+    def remove_disk(self) -> None:
+        fileutils.remove_path(self.path)
+
+    def _require_disk(self) -> None:
+        if not self.exists():
+            raise exception.DiskNotFound(location=self.path)

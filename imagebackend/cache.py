@@ -1,0 +1,328 @@
+"""The image cache: ``<instances_path>/_base``, fetched once, inspected once.
+
+Entries are named as Nova names them (sha1 of the image id for images; the
+caller's cache name for templates). Each entry ``X`` has a sidecar
+``X.meta.json`` (format, virtual size, sha256, provenance) written before
+the data is renamed into place, so a present entry always has its sidecar
+and nothing has to re-inspect it later.
+
+Creation runs under an oslo.concurrency external lock named after the entry
+(``nova-<name>`` in ``<instances_path>/locks``, Nova's lock, so hosts sharing
+instances_path over NFS serialise with each other), and re-checks for the
+entry inside the lock: many spawns asking at once fetch once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from oslo_concurrency import lockutils
+
+from imagebackend import exception
+from imagebackend import fileutils
+from imagebackend import formats
+from imagebackend import names
+from imagebackend import qemu
+from imagebackend import sources as sources_mod
+from imagebackend import transport as transport_mod
+
+LOG = logging.getLogger(__name__)
+
+LOCK_PREFIX = 'nova-'
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """A file in the image cache, as its sidecar describes it."""
+
+    name: str
+    path: str
+    format: str
+    virtual_size: int
+    sha256: str
+    kind: str               # 'image' or 'template'
+    source: str             # image id, or the template's cache name
+    provenance: str = 'fetched'   # fetched | generated | side-loaded | adopted
+    created_at: float = dataclasses.field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        del d['path']  # the path is where the sidecar sits
+        return d
+
+
+class ImageCache:
+    """Fetch images and templates into ``_base`` exactly once."""
+
+    def __init__(self, conf, source: sources_mod.ImageSource | None,
+                 transport: transport_mod.Transport | None = None):
+        self.conf = conf
+        self.source = source
+        self.transport = transport
+        self.instances_path = conf.instances_path
+        self.subdir = conf.image_cache.subdirectory_name
+        self.base_dir = os.path.join(self.instances_path, self.subdir)
+        self.lock_path = os.path.join(self.instances_path, 'locks')
+
+    # -- names and locks ---------------------------------------------------
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.base_dir, names.check_cache_name(name))
+
+    def lock(self, name: str):
+        """The external lock guarding the creation of entry ``name``."""
+        return lockutils.lock(name, lock_file_prefix=LOCK_PREFIX,
+                              external=True, lock_path=self.lock_path)
+
+    def ensure_dirs(self) -> None:
+        os.makedirs(self.base_dir, exist_ok=True)
+        os.makedirs(self.lock_path, exist_ok=True)
+
+    # -- reading -----------------------------------------------------------
+
+    def get(self, name: str) -> CacheEntry | None:
+        """The entry if it is complete (data and sidecar), else None."""
+        path = self.path(name)
+        try:
+            with open(path + names.META_SUFFIX) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            LOG.warning('ignoring unreadable cache sidecar of %s', name)
+            return None
+        if not os.path.exists(path):
+            return None
+        try:
+            return CacheEntry(path=path, **data)
+        except TypeError:
+            LOG.warning('ignoring malformed cache sidecar of %s', name)
+            return None
+
+    def entries(self) -> list[CacheEntry]:
+        try:
+            listing = sorted(os.listdir(self.base_dir))
+        except FileNotFoundError:
+            return []
+        found = []
+        for n in listing:
+            if n.endswith(names.META_SUFFIX):
+                entry = self.get(n[:-len(names.META_SUFFIX)])
+                if entry:
+                    found.append(entry)
+        return found
+
+    def touch(self, entry: CacheEntry) -> None:
+        """Mark an entry used now (the cache manager ages by mtime)."""
+        try:
+            os.utime(entry.path)
+        except OSError:  # read-only or foreign-owned NFS entry: not fatal
+            pass
+
+    # -- images --------------------------------------------------------------
+
+    def fetch_image(self, context: Any, image_id: str,
+                    fallback: str | None = None) -> CacheEntry:
+        """The cache entry for ``image_id``, fetched if it is not cached."""
+        name = names.image_cache_name(image_id)
+        entry = self.get(name)
+        if entry is None:
+            self.ensure_dirs()
+            with self.lock(name):
+                entry = self.get(name) or self._adopt(name, 'image',
+                                                      image_id)
+                if entry is None:
+                    entry = self.fetch_into(context, image_id, self.path(name),
+                                            fallback=fallback)
+        self.touch(entry)
+        return entry
+
+    def fetch_into(self, context: Any, image_id: str, target: str,
+                   fallback: str | None = None) -> CacheEntry:
+        """Fetch, check and (maybe) convert an image to ``target``.
+
+        The caller holds the entry's lock. Bytes land in ``target.part`` and
+        are renamed to ``target`` only after every check passed; nothing is
+        left behind on failure. A sidecar is written when ``target`` is in
+        the cache directory.
+        """
+        name = names.image_cache_name(image_id)
+        if self.source is None:
+            raise exception.ImageNotFound(image_id=image_id)
+        try:
+            meta = self.source.get_meta(context, image_id)
+        except exception.ImageNotFound:
+            if fallback and self.transport:
+                return self.side_load(fallback, name, 'image', image_id,
+                                       target)
+            raise
+        part = target + names.PART_SUFFIX
+        converted = target + '.converted' + names.PART_SUFFIX
+        try:
+            with open(part, 'wb') as f:
+                writer = fileutils.SparseWriter(f)
+                for chunk in self.source.open(context, image_id):
+                    writer.write(chunk)
+                writer.close()
+            fmt, size = self._check(part, meta, image_id)
+            digest = writer.sha256.hexdigest()
+            if fmt != 'raw' and self.conf.force_raw_images:
+                qemu.convert(part, fmt, converted, 'raw')
+                _fsync_file(converted)
+                os.replace(converted, part)
+                fmt = 'raw'
+                digest = fileutils.sha256_file(part)
+            entry = CacheEntry(name=name, path=target, format=fmt,
+                               virtual_size=size, sha256=digest,
+                               kind='image', source=image_id)
+            self._publish(part, entry)
+            return entry
+        finally:
+            fileutils.remove_path(part)
+            fileutils.remove_path(converted)
+
+    def _check(self, path: str, meta: sources_mod.ImageMeta,
+               image_id: str) -> tuple[str, int]:
+        """Return (format, virtual size) of a downloaded image, or refuse."""
+        declared = meta.disk_format
+        if declared in ('ami', 'aki', 'ari'):
+            declared = 'raw'  # Amazon-style images are raw kernels/disks
+        if self.conf.workarounds.disable_deep_image_inspection:
+            info = qemu.info(path, declared, **self._limits())
+            return declared, int(info['virtual-size'])
+        found = formats.inspect(
+            path, declared, image_id=image_id,
+            vmdk_allowed_types=tuple(self.conf.compute.vmdk_allowed_types))
+        return formats.cache_format(found.format), found.virtual_size
+
+    def _limits(self) -> dict[str, int]:
+        return {
+            'address_space_gb': self.conf.imagebackend.
+            qemu_img_address_space_limit,
+            'cpu_seconds': self.conf.imagebackend.qemu_img_cpu_time_limit,
+        }
+
+    # -- templates ---------------------------------------------------------
+
+    def ensure_template(self, cache_name: str, func: Callable[[str], None],
+                        fallback: str | None = None) -> CacheEntry:
+        """The template ``cache_name``, made by ``func(target)`` if missing.
+
+        With ``fallback`` the template is first copied from that host: a
+        regenerated filesystem is not byte-identical to the one disks there
+        were made from.
+        """
+        names.check_cache_name(cache_name)
+        entry = self.get(cache_name)
+        if entry is None:
+            self.ensure_dirs()
+            with self.lock(cache_name):
+                entry = self.get(cache_name) or self._adopt(
+                    cache_name, 'template', cache_name)
+                if entry is None and fallback and self.transport:
+                    try:
+                        entry = self.side_load(fallback, cache_name,
+                                                'template', cache_name,
+                                                self.path(cache_name))
+                    except exception.TransportError as e:
+                        LOG.info('regenerating template %s: %s',
+                                 cache_name, e)
+                if entry is None:
+                    entry = self.write_template(cache_name, func,
+                                                self.path(cache_name))
+        self.touch(entry)
+        return entry
+
+    def write_template(self, cache_name: str, func: Callable[[str], None],
+                       target: str) -> CacheEntry:
+        """Run ``func`` into ``target.part`` and publish it (lock held)."""
+        part = target + names.PART_SUFFIX
+        fileutils.remove_path(part)
+        try:
+            func(part)
+            _fsync_file(part)
+            # Templates are raw files the library's own functions wrote.
+            entry = CacheEntry(name=cache_name, path=target, format='raw',
+                               virtual_size=os.path.getsize(part),
+                               sha256=fileutils.sha256_file(part),
+                               kind='template', source=cache_name,
+                               provenance='generated')
+            self._publish(part, entry)
+            return entry
+        finally:
+            fileutils.remove_path(part)
+
+    # -- shared steps ------------------------------------------------------
+
+    def _publish(self, part: str, entry: CacheEntry) -> None:
+        """Sidecar first, then the data: a present entry has its sidecar."""
+        if os.path.dirname(entry.path) == self.base_dir:
+            fileutils.atomic_write_json(entry.path + names.META_SUFFIX,
+                                        entry.to_dict())
+        os.rename(part, entry.path)
+        fileutils.fsync_dir(os.path.dirname(entry.path))
+
+    def side_load(self, host: str, name: str, kind: str, source: str,
+                   target: str) -> CacheEntry:
+        """Copy entry ``name`` (data and sidecar) from ``host``; verify it."""
+        rel = os.path.join(self.subdir, name)
+        part = target + names.PART_SUFFIX
+        meta_part = part + names.META_SUFFIX
+        try:
+            self.transport.fetch(host, rel + names.META_SUFFIX, meta_part)
+            with open(meta_part) as f:
+                remote = json.load(f)
+            self.transport.fetch(host, rel, part)
+            digest = fileutils.sha256_file(part)
+            if digest != remote.get('sha256'):
+                raise exception.TransportError(
+                    what=rel, host=host,
+                    reason='sha256 of the copy does not match its record')
+            entry = CacheEntry(name=name, path=target,
+                               format=remote['format'],
+                               virtual_size=int(remote['virtual_size']),
+                               sha256=digest, kind=kind, source=source,
+                               provenance='side-loaded')
+            self._publish(part, entry)
+            return entry
+        except (ValueError, KeyError, OSError) as e:
+            raise exception.TransportError(what=rel, host=host,
+                                           reason=f'bad cache entry: {e}')
+        finally:
+            fileutils.remove_path(part)
+            fileutils.remove_path(meta_part)
+
+    def _adopt(self, name: str, kind: str, source: str) -> CacheEntry | None:
+        """Give an entry made before sidecars (by Nova) its sidecar."""
+        path = self.path(name)
+        if not os.path.exists(path):
+            return None
+        # Nova only ever leaves raw files or, without force_raw_images,
+        # inspected images in _base; inspect again rather than trust it.
+        found = formats.detect(path)
+        entry = CacheEntry(name=name, path=path,
+                           format=formats.cache_format(found.format),
+                           virtual_size=found.virtual_size,
+                           sha256=fileutils.sha256_file(path), kind=kind,
+                           source=source, provenance='adopted')
+        fileutils.atomic_write_json(path + names.META_SUFFIX, entry.to_dict())
+        return entry
+
+    def remove(self, name: str) -> None:
+        """Delete an entry (data first, so no half entry is ever 'present')."""
+        with self.lock(name):
+            fileutils.remove_path(self.path(name))
+            fileutils.remove_path(self.path(name) + names.META_SUFFIX)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,107 @@
+"""One exception hierarchy for everything the library raises on purpose.
+
+Callers catch :class:`ImageBackendError` to handle any of them; each subclass
+carries a message built from keyword arguments so the text is always complete.
+"""
+
+from __future__ import annotations
+
+
+class ImageBackendError(Exception):
+    """Base class of every error raised by imagebackend."""
+
+    msg_fmt = "An unknown imagebackend error occurred."
+
+    def __init__(self, message: str | None = None, **kwargs):
+        self.kwargs = kwargs
+        if message is None:
+            try:
+                message = self.msg_fmt % kwargs
+            except (KeyError, TypeError):
+                message = self.msg_fmt
+        self.message = message
+        super().__init__(message)
+
+
+class InvalidInput(ImageBackendError):
+    msg_fmt = "Invalid input: %(reason)s"
+
+
+class InvalidDiskName(InvalidInput):
+    msg_fmt = "Invalid disk or cache name %(name)r: %(reason)s"
+
+
+class UnknownBackend(InvalidInput):
+    msg_fmt = "Unknown image type %(image_type)r (known: %(known)s)"
+
+
+class BackendUnavailable(ImageBackendError):
+    msg_fmt = "Backend %(image_type)r is not available on this host: %(reason)s"
+
+
+class ImageNotFound(ImageBackendError):
+    msg_fmt = "Image %(image_id)s could not be found."
+
+
+class ImageUnacceptable(ImageBackendError):
+    msg_fmt = "Image %(image_id)s is unacceptable: %(reason)s"
+
+
+class DiskTooSmall(ImageBackendError):
+    """The requested disk size is smaller than the image it is made from."""
+
+    msg_fmt = ("Requested disk size %(size)d bytes is smaller than the image's "
+               "virtual size %(image_size)d bytes.")
+
+
+class CannotShrink(ImageBackendError):
+    msg_fmt = ("Disk %(path)s is %(current)d bytes; refusing to shrink it to "
+               "%(size)d bytes.")
+
+
+class DiskNotFound(ImageBackendError):
+    msg_fmt = "No disk found at %(location)s."
+
+
+class DiskExists(ImageBackendError):
+    msg_fmt = "Disk %(location)s already exists."
+
+
+class RecordNotFound(ImageBackendError):
+    msg_fmt = ("No metadata record for disk %(disk_name)s of instance "
+               "%(instance)s.")
+
+
+class IncompleteDisk(ImageBackendError):
+    """A record says the disk is still being created (or its creation died)."""
+
+    msg_fmt = ("Disk %(disk_name)s of instance %(instance)s is marked "
+               "%(state)r, not created; it is not a usable disk.")
+
+
+class CorruptRecord(ImageBackendError):
+    msg_fmt = "Metadata at %(location)s cannot be used: %(reason)s"
+
+
+class ProcessError(ImageBackendError):
+    """A command run through the process runner failed."""
+
+    msg_fmt = ("Command %(cmd)s failed with exit code %(exit_code)s.\n"
+               "stdout: %(stdout)s\nstderr: %(stderr)s")
+
+    def __init__(self, message: str | None = None, *, cmd='', exit_code=None,
+                 stdout='', stderr='', **kwargs):
+        self.cmd = cmd
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(message, cmd=cmd, exit_code=exit_code,
+                         stdout=stdout, stderr=stderr, **kwargs)
+
+
+class NotSupported(ImageBackendError):
+    msg_fmt = "%(operation)s is not supported by the %(backend)s backend."
+
+
+class TransportError(ImageBackendError):
+    msg_fmt = "Could not fetch %(what)s from host %(host)s: %(reason)s"

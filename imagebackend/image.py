@@ -1,0 +1,441 @@
+"""The abstract ``Image``: one local disk of an instance, on one backend.
+
+Two interfaces live here. The new one gives the backend all the context:
+``create_from_image`` / ``create_from_func`` create a disk,
+``check_backing_from_image`` / ``check_backing_from_func`` restore what an
+existing disk depends on. The legacy one is Nova's, unchanged in meaning:
+``cache(fetch_func, filename, size, safe, ...)`` over ``create_image()``.
+By default the new interface runs through the legacy one (:mod:`shim`);
+native backends override it.
+
+Whatever path creates a disk, the record is kept here, in one place:
+written ``creating`` before storage is touched, ``created`` once the disk is
+whole, and removed along with the partial disk on failure.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+from typing import Any, Callable, ClassVar, Iterator
+
+from imagebackend import exception
+from imagebackend import libvirt_config
+from imagebackend import names
+from imagebackend import processes
+from imagebackend import qemu
+from imagebackend import records as records_mod
+from imagebackend import revert
+from imagebackend import shim
+
+LOG = logging.getLogger(__name__)
+
+QOS_SPECS = ('disk_read_bytes_sec', 'disk_read_iops_sec',
+             'disk_write_bytes_sec', 'disk_write_iops_sec',
+             'disk_total_bytes_sec', 'disk_total_iops_sec')
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend is and can do, as data: flows ask these, not types."""
+
+    # Every host sees the same disks: migration copies nothing.
+    shared_storage: bool = False
+    # Disks are files (or directories) inside the instance directory.
+    file_in_instance_path: bool = False
+    # Disks depend on a cache entry (a backing file) that must exist on
+    # every host using them: migration must recreate it there.
+    backing_in_cache: bool = False
+    # Disks are block devices (libvirt type='block').
+    block_device: bool = False
+    # Copy-on-write clones of images already in the backend's store.
+    clone: bool = False
+    # create_from_* are implemented natively, not through the shim.
+    native_create: bool = False
+
+
+class Image(abc.ABC):
+    """One disk of one instance on one backend (abstract)."""
+
+    image_type: ClassVar[str] = 'abstract'
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    # Nova's class attributes, kept for drivers that read them.
+    SUPPORTS_CLONE: ClassVar[bool] = False
+    SUPPORTS_LUKS: ClassVar[bool] = False
+
+    def __init__(self, instance=None, disk_name: str | None = None,
+                 path: str | None = None, disk_info_mapping=None, *,
+                 backend, source_type: str = 'file',
+                 driver_format: str = 'raw', is_block_dev: bool = False,
+                 record: records_mod.DiskRecord | None = None):
+        self.instance = instance
+        self.disk_info_mapping = disk_info_mapping
+        self._backend = backend
+        self.conf = backend.conf
+        self.image_cache = backend.image_cache
+        self.records = backend.records
+        self.source_type = source_type
+        self.driver_format = driver_format
+        self.is_block_dev = is_block_dev
+        self.driver_io = None
+        self.discard_mode = self.conf.libvirt.hw_disk_discard
+        self.preallocate = False
+        self.lock_path = self.image_cache.lock_path
+        if disk_name is not None:
+            names.check_disk_name(disk_name)
+        self.disk_name = disk_name
+        self.path = path
+        self._record = record
+        self._creation_path = threading.local()
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def instance_uuid(self) -> str:
+        return names.check_instance_uuid(self.instance.uuid)
+
+    @property
+    def instance_dir(self) -> str:
+        return os.path.join(self.conf.instances_path, self.instance_uuid)
+
+    @property
+    def location(self) -> str:
+        """Where the disk lives, as recorded (a path, LV or RBD name)."""
+        return self.path
+
+    @property
+    def record(self) -> records_mod.DiskRecord | None:
+        if self._record is None and self.instance is not None and \
+                self.disk_name is not None:
+            self._record = self.records.get(self.instance_uuid,
+                                            self.disk_name)
+        return self._record
+
+    @classmethod
+    def is_shared_block_storage(cls) -> bool:
+        return cls.capabilities.shared_storage
+
+    @classmethod
+    def is_file_in_instance_path(cls) -> bool:
+        return cls.capabilities.file_in_instance_path
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    # -- the new interface ---------------------------------------------------
+
+    def create_from_image(self, context: Any, image_id: str,
+                          size: int | None = None,
+                          fallback: str | None = None) -> None:
+        """Create this disk from image ``image_id``, ``size`` bytes or the
+        image's size. ``fallback`` names a host to copy a missing cache
+        entry from when the image source no longer has it."""
+        shim.create_from_image(self, context, image_id, size, fallback)
+
+    def create_from_func(self, context: Any, func: Callable[[str], None],
+                         cache_name: str, size: int | None = None,
+                         fallback: str | None = None) -> None:
+        """Create this disk from what ``func(target)`` writes; ``cache_name``
+        names the result when the backend keeps it as a template."""
+        shim.create_from_func(self, context, func, cache_name, size,
+                              fallback)
+
+    def check_backing_from_image(self, context: Any, image_id: str,
+                                 fallback: str | None = None) -> None:
+        """Recreate what an existing disk made from an image depends on.
+        Never touches the disk itself."""
+        shim.check_backing_from_image(self, context, image_id, fallback)
+
+    def check_backing_from_func(self, context: Any,
+                                func: Callable[[str], None], cache_name: str,
+                                fallback: str | None = None) -> None:
+        shim.check_backing_from_func(self, context, func, cache_name,
+                                     fallback)
+
+    # -- the legacy interface ------------------------------------------------
+
+    @abc.abstractmethod
+    def create_image(self, prepare_template: Callable[..., None], base: str,
+                     size: int | None, *args, **kwargs) -> None:
+        """Nova's contract: create the disk, calling
+        ``prepare_template(target=...)`` to materialise the template."""
+
+    def cache(self, fetch_func: Callable[..., None], filename: str,
+              size: int | None = None, safe: bool = False, *args,
+              **kwargs) -> None:
+        """Nova's entry point, with Nova's meaning (see nova-behaviour 1.3),
+        plus a metadata record for any disk it creates."""
+        names.check_cache_name(filename)
+        cache = self.image_cache
+        cache.ensure_dirs()
+        base = cache.path(filename)
+
+        def fetch_func_sync(target, *args, **kwargs):
+            with cache.lock(filename):
+                if target != base or not os.path.exists(base):
+                    fetch_func(target=target, *args, **kwargs)
+
+        if not self.exists():
+            if 'image_id' in kwargs:
+                source = ('image', kwargs['image_id'])
+            else:
+                source = ('func', filename)
+            with self._creating(source[0], source[1],
+                                self._current_creation_path()) as facts:
+                self.create_image(fetch_func_sync, base, size, safe=safe,
+                                  *args, **kwargs)
+                self._legacy_resize(base, size)
+                facts.update(self._legacy_facts(base))
+            return
+        if not os.path.exists(base):
+            self.create_image(fetch_func_sync, base, size, safe=safe,
+                              *args, **kwargs)
+        self._legacy_resize(base, size)
+
+    def _legacy_resize(self, base: str, size: int | None) -> None:
+        if size:
+            if os.path.exists(base) and size > self.get_disk_size(base):
+                self.resize_image(size)
+            self._preallocate(size)
+
+    def _legacy_facts(self, base: str) -> dict[str, Any]:
+        """What cache() made, found the way Nova finds it (qemu-img)."""
+        facts = {'format': self.driver_format,
+                 'virtual_size': self.get_disk_size(self.path)}
+        if self.capabilities.backing_in_cache and os.path.exists(base):
+            entry = self.image_cache.get(os.path.basename(base))
+            facts['backing'] = os.path.basename(base)
+            facts['backing_format'] = entry.format if entry else None
+        return facts
+
+    @contextlib.contextmanager
+    def creation_path(self, kind: str) -> Iterator[None]:
+        """Label records written inside the block (e.g. ``'shim'``)."""
+        previous = getattr(self._creation_path, 'kind', None)
+        self._creation_path.kind = kind
+        try:
+            yield
+        finally:
+            self._creation_path.kind = previous
+
+    def _current_creation_path(self) -> str:
+        return getattr(self._creation_path, 'kind', None) or 'legacy-cache'
+
+    # -- record keeping, in one place ----------------------------------------
+
+    @contextlib.contextmanager
+    def _creating(self, source_type: str, source_id: str | None,
+                  creation_path: str, **provenance) -> Iterator[dict]:
+        """Create a disk all-or-nothing, with its record.
+
+        Yields a dict the caller fills with facts about the disk it made
+        (format, virtual_size, backing, backing_format, provenance...).
+        """
+        if self.disk_name is None:
+            raise exception.InvalidInput(
+                reason='a disk opened by path cannot be created')
+        if self.exists():
+            raise exception.DiskExists(location=self.location)
+        uuid = self.instance_uuid
+        record = records_mod.DiskRecord(
+            instance=uuid, name=self.disk_name, backend=self.image_type,
+            format=self.driver_format, location=self.location,
+            source_type=source_type, source_id=source_id,
+            state=records_mod.CREATING,
+            provenance={'path': creation_path, **provenance})
+        facts: dict[str, Any] = {}
+        with revert.Reverter() as undo:
+            if not os.path.isdir(self.instance_dir):
+                undo.add(lambda: _rmdir_if_empty(self.instance_dir))
+            self.records.put(record)
+            undo.add(lambda: self.records.delete(uuid, self.disk_name))
+            self._record = record
+            undo.add(self._forget_record)
+            os.makedirs(self.instance_dir, exist_ok=True)
+            # The disk did not exist: whatever is there on failure is ours.
+            undo.add(self.remove_disk)
+            yield facts
+            prov = dict(record.provenance, **facts.pop('provenance', {}))
+            self._record = record.replace(state=records_mod.CREATED,
+                                          provenance=prov, **facts)
+            self.driver_format = self._record.format
+            self.records.put(self._record)
+
+    def _forget_record(self) -> None:
+        self._record = None
+
+    def _update_record(self, **changes) -> None:
+        record = self.record
+        if record is not None and record.created:
+            self._record = record.replace(**changes)
+            self.records.put(self._record)
+
+    @abc.abstractmethod
+    def remove_disk(self) -> None:
+        """Delete the disk's storage if present (not its record)."""
+
+    # -- size ------------------------------------------------------------------
+
+    def virtual_size(self) -> int:
+        """The disk's size as the guest sees it: the record says, else (a
+        disk made before records) qemu-img with the backend's format."""
+        record = self.record
+        if record is not None and record.created:
+            return record.virtual_size
+        return self.get_disk_size(self.path)
+
+    def resize_image(self, size: int) -> None:
+        """Grow the disk to ``size`` bytes; refuse to shrink it."""
+        current = self.virtual_size()
+        if size < current:
+            raise exception.CannotShrink(path=self.location, current=current,
+                                         size=size)
+        if size == current:
+            return
+        self._grow(size)
+        self._update_record(virtual_size=size)
+
+    @abc.abstractmethod
+    def _grow(self, size: int) -> None:
+        """Make the disk ``size`` bytes (larger than it is)."""
+
+    def get_disk_size(self, name: str) -> int:
+        """Virtual size of the file ``name`` (Nova: qemu-img info)."""
+        fmt = None
+        if os.path.dirname(name) == self.image_cache.base_dir:
+            entry = self.image_cache.get(os.path.basename(name))
+            fmt = entry.format if entry else None
+        elif name == self.path:
+            fmt = self.driver_format
+        return qemu.virtual_size(name, fmt)
+
+    def verify_base_size(self, base: str, size: int | None,
+                         base_size: int = 0) -> None:
+        """Refuse a disk smaller than its base (size None: no check)."""
+        if not size:
+            return
+        if not base_size:
+            base_size = self.get_disk_size(base)
+        if size < base_size:
+            raise exception.DiskTooSmall(size=size, image_size=base_size)
+
+    @staticmethod
+    def _check_size(size: int | None, image_size: int) -> None:
+        if size and size < image_size:
+            raise exception.DiskTooSmall(size=size, image_size=image_size)
+
+    # -- preallocation ---------------------------------------------------------
+
+    _cannot_fallocate: ClassVar[bool] = False
+
+    def _preallocate(self, size: int | None) -> None:
+        if not (self.preallocate and size) or type(self)._cannot_fallocate:
+            return
+        if not os.access(self.path, os.W_OK):
+            return
+        try:
+            processes.execute('fallocate', '-n', '-l', str(size), self.path)
+        except exception.ProcessError as e:
+            LOG.warning('preallocation is not possible here: %s', e.stderr)
+            type(self)._cannot_fallocate = True
+
+    # -- libvirt ---------------------------------------------------------------
+
+    def libvirt_info(self, cache_mode: str | None, extra_specs: dict,
+                     boot_order: int | None = None,
+                     disk_unit: int | None = None
+                     ) -> libvirt_config.GuestDisk:
+        """The guest's ``<disk>`` for this disk."""
+        mapping = self.disk_info_mapping
+        if not mapping:
+            raise exception.InvalidInput(
+                reason='libvirt_info needs the disk_info_mapping')
+        info = libvirt_config.GuestDisk(
+            source_type=self.source_type,
+            source_device=mapping.get('type', 'disk'),
+            target_bus=mapping['bus'], target_dev=mapping['dev'],
+            driver_cache=cache_mode, driver_discard=self.discard_mode,
+            driver_io=self.driver_io, driver_format=self.driver_format,
+            source_path=self.path, boot_order=boot_order)
+        if self.conf.libvirt.virt_type in ('qemu', 'kvm'):
+            info.driver_name = 'qemu'
+        self._disk_scsi(info, disk_unit)
+        self._disk_qos(info, extra_specs)
+        return info
+
+    @staticmethod
+    def _disk_scsi(info: libvirt_config.GuestDisk,
+                   disk_unit: int | None) -> None:
+        if info.target_bus == 'scsi' and disk_unit is not None:
+            info.device_addr = libvirt_config.DriveAddress(controller=0,
+                                                           unit=disk_unit)
+
+    @staticmethod
+    def _disk_qos(info: libvirt_config.GuestDisk, extra_specs: dict) -> None:
+        for key, value in (extra_specs or {}).items():
+            scope = key.split(':')
+            if len(scope) == 2 and scope[0] == 'quota' and \
+                    scope[1] in QOS_SPECS:
+                setattr(info, scope[1], int(value))
+
+    def libvirt_fs_info(self, target: str, driver_type: str | None = None
+                        ) -> libvirt_config.GuestFilesys:
+        if self.is_block_dev:
+            return libvirt_config.GuestFilesys(
+                source_type='block', source_dev=self.path, target_dir=target)
+        return libvirt_config.GuestFilesys(
+            source_type='file', source_file=self.path,
+            driver_format=self.driver_format,
+            driver_type=driver_type or (
+                'loop' if self.driver_format == 'raw' else 'nbd'),
+            target_dir=target)
+
+    # -- snapshots and Nova's optional hooks -----------------------------------
+
+    def snapshot_extract(self, target: str, out_format: str) -> None:
+        """Cold-copy the disk into ``target`` in ``out_format``."""
+        qemu.convert(self.path, self.driver_format, target, out_format,
+                     compress=(self.conf.libvirt.snapshot_compression and
+                               out_format == 'qcow2'))
+
+    def import_file(self, instance, local_file: str, remote_name: str):
+        """A local file is already in a file backend's store."""
+
+    def create_snap(self, name: str) -> None:
+        pass
+
+    def remove_snap(self, name: str, ignore_errors: bool = False) -> None:
+        pass
+
+    def rollback_to_snap(self, name: str) -> None:
+        pass
+
+    def clone(self, context: Any, image_id_or_uri: str):
+        raise exception.ImageUnacceptable(
+            image_id=image_id_or_uri, reason='clone() is not implemented')
+
+    def flatten(self) -> None:
+        raise NotImplementedError(
+            f'flatten() is not implemented for {self.image_type}')
+
+    def direct_snapshot(self, context: Any, snapshot_name: str,
+                        image_format: str, image_id: str,
+                        base_image_id: str):
+        raise NotImplementedError(
+            f'direct_snapshot() is not implemented for {self.image_type}')
+
+    def cleanup_direct_snapshot(self, location: str,
+                                also_destroy_volume: bool = False,
+                                ignore_errors: bool = False) -> None:
+        pass
+
+
+def _rmdir_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

@@ -1,0 +1,60 @@
+"""Validation and derivation of the names the library turns into paths."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from imagebackend import exception
+
+# Disk names (``disk``, ``disk.local``, ``disk.eph0``, ``disk.config.rescue``)
+# and cache names (sha1 hex, ``ephemeral_1_ext4_...``, ``swap_512``) become
+# path components and LV/RBD image names, so only a plain alphabet is allowed.
+_SAFE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$')
+
+
+def _check(name: object, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise exception.InvalidDiskName(name=name, reason=f'{what} is empty')
+    if '/' in name or '\\' in name or '\0' in name:
+        raise exception.InvalidDiskName(
+            name=name, reason=f'{what} must not contain a path separator')
+    if '..' in name:
+        raise exception.InvalidDiskName(
+            name=name, reason=f'{what} must not contain ".."')
+    if not _SAFE.match(name):
+        raise exception.InvalidDiskName(
+            name=name,
+            reason=f'{what} may only use letters, digits and ._+- and must '
+                   'start with a letter or digit')
+    return name
+
+
+def check_disk_name(name: object) -> str:
+    """Return ``name`` if it is a safe disk name, else InvalidDiskName."""
+    return _check(name, 'disk name')
+
+
+def check_cache_name(name: object) -> str:
+    """Return ``name`` if it is a safe cache entry name."""
+    name = _check(name, 'cache name')
+    if name.endswith(META_SUFFIX) or name.endswith(PART_SUFFIX):
+        raise exception.InvalidDiskName(
+            name=name, reason='cache name uses a reserved suffix')
+    return name
+
+
+def check_instance_uuid(uuid: object) -> str:
+    return _check(uuid, 'instance uuid')
+
+
+def image_cache_name(image_id: str) -> str:
+    """Nova's cache file name for an image: sha1 of the image id."""
+    if not isinstance(image_id, str) or not image_id:
+        raise exception.InvalidInput(reason='image id must be a non-empty '
+                                            'string')
+    return hashlib.sha1(image_id.encode('utf-8')).hexdigest()
+
+
+META_SUFFIX = '.meta.json'
+PART_SUFFIX = '.part'

@@ -1,0 +1,72 @@
+"""qemu-img commands, always with explicit formats (``-f``, ``-F``, ``-O``).
+
+qemu-img never guesses a format here: a guessed format on an attacker's file
+is how a raw disk gets read as qcow2 with a host file as its backing file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from oslo_concurrency import processutils
+from oslo_utils import units
+
+from imagebackend import processes
+
+
+def create(path: str, fmt: str, size: int | None = None, *,
+           backing: str | None = None, backing_fmt: str | None = None) -> None:
+    cmd = ['qemu-img', 'create', '-q', '-f', fmt]
+    if backing is not None:
+        if backing_fmt is None:
+            raise ValueError('a backing file needs an explicit format')
+        cmd += ['-F', backing_fmt, '-b', backing]
+    cmd.append(path)
+    if size is not None:
+        cmd.append(str(int(size)))
+    processes.execute(*cmd)
+
+
+def convert(src: str, src_fmt: str, dst: str, dst_fmt: str, *,
+            existing_target: bool = False, cache: str | None = None,
+            compress: bool = False) -> None:
+    cmd = ['qemu-img', 'convert', '-q', '-f', src_fmt, '-O', dst_fmt]
+    if cache:
+        cmd += ['-t', cache]
+    if compress:
+        cmd.append('-c')
+    if existing_target:
+        cmd.append('-n')
+    cmd += [src, dst]
+    processes.execute(*cmd)
+
+
+def resize(path: str, fmt: str, size: int) -> None:
+    if fmt == 'raw' and os.path.isfile(path):
+        # qemu-img resize of a raw file is a truncate; skip the process.
+        os.truncate(path, size)
+        return
+    processes.execute('qemu-img', 'resize', '-q', '-f', fmt, path,
+                      str(int(size)))
+
+
+def info(path: str, fmt: str | None = None, *, address_space_gb: int = 2,
+         cpu_seconds: int = 30) -> dict:
+    """``qemu-img info`` under resource limits (for files we did not make).
+
+    ``fmt`` None lets qemu-img probe; only inspection code that treats the
+    answer as a claim to check (never as truth) passes None.
+    """
+    limits = processutils.ProcessLimits(
+        address_space=address_space_gb * units.Gi, cpu_time=cpu_seconds)
+    cmd = ['qemu-img', 'info', '--output=json', '--force-share']
+    if fmt:
+        cmd += ['-f', fmt]
+    cmd.append(path)
+    out, _err = processes.execute(*cmd, prlimit=limits)
+    return json.loads(out)
+
+
+def virtual_size(path: str, fmt: str | None = None, **limits) -> int:
+    return int(info(path, fmt, **limits)['virtual-size'])

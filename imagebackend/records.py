@@ -1,0 +1,222 @@
+"""The per-disk metadata record: the one source of truth about a local disk.
+
+A record says which backend made a disk, its format and virtual size, what
+it was made from and where it lives. It is written as ``creating`` before
+anything touches storage and flipped to ``created`` only once the disk is
+whole, so a disk whose creation died is never taken for a good one.
+
+Stores are an interface (:class:`RecordStore`) so a compute driver can keep
+records in its own database; the default, :class:`InstanceDirStore`, keeps
+one JSON file in the instance directory so records travel with the disks on
+cold migration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from typing import Any, Protocol, runtime_checkable
+
+from oslo_concurrency import lockutils
+
+from imagebackend import exception
+from imagebackend import fileutils
+from imagebackend import names
+
+SCHEMA_VERSION = 1
+CREATING = 'creating'
+CREATED = 'created'
+STATES = (CREATING, CREATED)
+SOURCE_TYPES = ('image', 'func', 'none')
+RECORDS_FILE = 'disks.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskRecord:
+    """What one local disk is, validated on construction."""
+
+    instance: str
+    name: str
+    backend: str
+    format: str
+    location: str
+    source_type: str
+    source_id: str | None
+    virtual_size: int | None = None
+    state: str = CREATING
+    # The cache entry a disk depends on (Qcow2's backing file), by name.
+    backing: str | None = None
+    backing_format: str | None = None
+    # How the disk came to be: {'path': 'native'|'shim'|'legacy-cache'|
+    # 'adopted', ...} plus backend details such as the copy method.
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    updated_at: float = dataclasses.field(default_factory=time.time)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        def bad(reason):
+            return exception.CorruptRecord(
+                location=f'{self.instance}/{self.name}', reason=reason)
+        names.check_instance_uuid(self.instance)
+        names.check_disk_name(self.name)
+        if self.schema_version != SCHEMA_VERSION:
+            raise bad(f'unsupported schema version {self.schema_version!r}')
+        if self.state not in STATES:
+            raise bad(f'unknown state {self.state!r}')
+        if self.source_type not in SOURCE_TYPES:
+            raise bad(f'unknown source type {self.source_type!r}')
+        for field in ('backend', 'format', 'location'):
+            if not isinstance(getattr(self, field), str) or not getattr(
+                    self, field):
+                raise bad(f'{field} must be a non-empty string')
+        if self.virtual_size is not None and (
+                not isinstance(self.virtual_size, int) or
+                self.virtual_size < 0):
+            raise bad(f'bad virtual size {self.virtual_size!r}')
+        if self.state == CREATED and self.virtual_size is None:
+            raise bad('a created disk must record its virtual size')
+
+    @property
+    def created(self) -> bool:
+        return self.state == CREATED
+
+    def replace(self, **changes) -> 'DiskRecord':
+        changes.setdefault('updated_at', time.time())
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, location: str = '?') -> 'DiskRecord':
+        if not isinstance(data, dict):
+            raise exception.CorruptRecord(location=location,
+                                          reason='record is not an object')
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise exception.CorruptRecord(
+                location=location,
+                reason=f'unknown fields {sorted(unknown)}')
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise exception.CorruptRecord(location=location, reason=str(e))
+
+
+@runtime_checkable
+class RecordStore(Protocol):
+    """Where records are kept. Implementations must make ``put`` atomic."""
+
+    def get(self, instance: str, disk_name: str) -> DiskRecord | None:
+        ...
+
+    def put(self, record: DiskRecord) -> None:
+        ...
+
+    def delete(self, instance: str, disk_name: str) -> None:
+        ...
+
+    def list(self, instance: str) -> list[DiskRecord]:
+        ...
+
+
+class MemoryStore:
+    """Records in a dict: for tests, and the shape of a database store."""
+
+    def __init__(self):
+        self._records: dict[tuple[str, str], DiskRecord] = {}
+        self._lock = threading.Lock()
+
+    def get(self, instance, disk_name):
+        with self._lock:
+            return self._records.get((instance, disk_name))
+
+    def put(self, record):
+        with self._lock:
+            self._records[(record.instance, record.name)] = record
+
+    def delete(self, instance, disk_name):
+        with self._lock:
+            self._records.pop((instance, disk_name), None)
+
+    def list(self, instance):
+        with self._lock:
+            return [r for (i, _n), r in sorted(self._records.items())
+                    if i == instance]
+
+
+class InstanceDirStore:
+    """Records in ``<instances_path>/<uuid>/disks.json``.
+
+    Read-modify-write runs under an external lock per instance, and every
+    write is atomic (temp + fsync + rename), so concurrent processes never
+    see a torn file.
+    """
+
+    def __init__(self, instances_path: str, lock_path: str):
+        self.instances_path = instances_path
+        self.lock_path = lock_path
+
+    def path(self, instance: str) -> str:
+        names.check_instance_uuid(instance)
+        return os.path.join(self.instances_path, instance, RECORDS_FILE)
+
+    def _lock(self, instance: str):
+        return lockutils.lock(f'records-{instance}', lock_file_prefix='ib-',
+                              external=True, lock_path=self.lock_path)
+
+    def _read(self, instance: str) -> dict[str, DiskRecord]:
+        path = self.path(instance)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise exception.CorruptRecord(location=path,
+                                          reason=f'not valid JSON: {e}')
+        if not isinstance(data, dict) or not isinstance(
+                data.get('disks'), dict):
+            raise exception.CorruptRecord(location=path,
+                                          reason='no "disks" object')
+        if data.get('schema_version') != SCHEMA_VERSION:
+            raise exception.CorruptRecord(
+                location=path, reason='unsupported schema version %r' %
+                data.get('schema_version'))
+        return {name: DiskRecord.from_dict(rec, f'{path}:{name}')
+                for name, rec in data['disks'].items()}
+
+    def _write(self, instance: str, records: dict[str, DiskRecord]) -> None:
+        path = self.path(instance)
+        if not records:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fileutils.atomic_write_json(path, {
+            'schema_version': SCHEMA_VERSION,
+            'disks': {n: r.to_dict() for n, r in sorted(records.items())}})
+
+    def get(self, instance, disk_name):
+        return self._read(instance).get(disk_name)
+
+    def put(self, record):
+        with self._lock(record.instance):
+            records = self._read(record.instance)
+            records[record.name] = record
+            self._write(record.instance, records)
+
+    def delete(self, instance, disk_name):
+        with self._lock(instance):
+            records = self._read(instance)
+            if records.pop(disk_name, None) is not None:
+                self._write(instance, records)
+
+    def list(self, instance):
+        return [r for _n, r in sorted(self._read(instance).items())]
