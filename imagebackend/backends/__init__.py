@@ -1,0 +1,1 @@
+"""One module per backend, each holding that backend's whole story."""
