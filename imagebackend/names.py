@@ -22,7 +22,7 @@ def _check(name: object, what: str) -> str:
     if '..' in name:
         raise exception.InvalidDiskName(
             name=name, reason=f'{what} must not contain ".."')
-    if not _SAFE.match(name):
+    if not _SAFE.fullmatch(name):
         raise exception.InvalidDiskName(
             name=name,
             reason=f'{what} may only use letters, digits and ._+- and must '
@@ -54,6 +54,31 @@ def image_cache_name(image_id: str) -> str:
         raise exception.InvalidInput(reason='image id must be a non-empty '
                                             'string')
     return hashlib.sha1(image_id.encode('utf-8')).hexdigest()
+
+
+def template_name(kind: str, size: int, **traits: str | None) -> str:
+    """A cache name for a generated template, e.g. ``ephemeral_1G_ext4_eph0``.
+
+    Every trait that changes the template's bytes (filesystem, label,
+    os_type's mkfs command...) is part of the name, so two different
+    templates never share one (Nova hashed only some of them). The
+    ``ephemeral``/``swap`` prefixes are kept: legacy code keys off them.
+    """
+    if size % (1024 ** 3) == 0:
+        size_part = f'{size // 1024 ** 3}G'
+    else:
+        size_part = f'{-(-size // 1024 ** 2)}M'
+    parts = [kind, size_part]
+    for key in sorted(traits):
+        value = traits[key]
+        if not value:
+            continue
+        value = str(value)
+        if not re.fullmatch(r'[A-Za-z0-9.+-]{1,32}', value):
+            # e.g. a virt_mkfs command line: name it by its digest.
+            value = 'h' + hashlib.sha1(value.encode()).hexdigest()[:10]
+        parts.append(value)
+    return check_cache_name('_'.join(parts))
 
 
 META_SUFFIX = '.meta.json'

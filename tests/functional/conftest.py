@@ -21,7 +21,14 @@ from imagebackend import processes
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-pytestmark = pytest.mark.functional
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/functional uses real tools: mark it so."""
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.functional)
 
 
 @dataclasses.dataclass
