@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 
 from oslo_utils.imageutils import format_inspector
 
@@ -48,6 +49,8 @@ def detect(path: str, *, image_id: str = '?',
             if vmdktype not in allowed:
                 raise _refuse(image_id,
                               f'VMDK create type {vmdktype!r} is not allowed')
+        if name == 'qcow2':
+            _check_qcow2_tables(path, image_id)
     if name in RAW_LIKE or name == 'gpt':
         size = os.path.getsize(path)
     else:
@@ -84,6 +87,32 @@ def inspect(path: str, declared: str, *, image_id: str = '?',
 def cache_format(name: str) -> str:
     """The format a cache entry of inspected format ``name`` is used as."""
     return 'raw' if name in RAW_LIKE or name == 'gpt' else name
+
+
+def _check_qcow2_tables(path: str, image_id: str) -> None:
+    """Refuse a qcow2 whose L1 or refcount table lies past its end.
+
+    format_inspector reads only the header, so a truncated download with a
+    whole header passes, and qemu reads the missing tables as zeros: the
+    image becomes an all-zero disk without a word. Header fields (big
+    endian): cluster_bits @20, l1_size @36, l1_table_offset @40,
+    refcount_table_offset @48.
+    """
+    with open(path, 'rb') as f:
+        header = f.read(60)
+        end = os.fstat(f.fileno()).st_size
+    (cluster_bits,) = struct.unpack_from('>I', header, 20)
+    l1_size, l1_offset, rc_offset = struct.unpack_from('>IQQ', header, 36)
+    if not 9 <= cluster_bits <= 21:
+        raise _refuse(image_id, f'qcow2 cluster_bits {cluster_bits} invalid')
+    # The refcount table always has a first entry; the L1 table is written
+    # whole (l1_size 8-byte entries).
+    for what, offset, length in (('refcount table', rc_offset, 8),
+                                 ('L1 table', l1_offset, 8 * l1_size)):
+        if length and offset + length > end:
+            raise _refuse(image_id, f'qcow2 {what} at offset {offset} lies '
+                                    f'past the end of the file ({end} '
+                                    'bytes): truncated or corrupt')
 
 
 def _refuse(image_id: str, reason: str) -> exception.ImageUnacceptable:

@@ -66,8 +66,10 @@ def template_name(kind: str, size: int, **traits: str | None) -> str:
     """
     if size % (1024 ** 3) == 0:
         size_part = f'{size // 1024 ** 3}G'
+    elif size % (1024 ** 2) == 0:
+        size_part = f'{size // 1024 ** 2}M'
     else:
-        size_part = f'{-(-size // 1024 ** 2)}M'
+        size_part = f'{size}B'
     parts = [kind, size_part]
     for key in sorted(traits):
         value = traits[key]
@@ -77,7 +79,8 @@ def template_name(kind: str, size: int, **traits: str | None) -> str:
         if not re.fullmatch(r'[A-Za-z0-9.+-]{1,32}', value):
             # e.g. a virt_mkfs command line: name it by its digest.
             value = 'h' + hashlib.sha1(value.encode()).hexdigest()[:10]
-        parts.append(value)
+        # Keyed, so fs=ext4 and label=ext4 never make the same name.
+        parts.append(f'{key}-{value}')
     return check_cache_name('_'.join(parts))
 
 

@@ -72,8 +72,11 @@ class DiskRecord:
             if not isinstance(getattr(self, field), str) or not getattr(
                     self, field):
                 raise bad(f'{field} must be a non-empty string')
+        if not isinstance(self.provenance, dict):
+            raise bad('provenance must be an object')
         if self.virtual_size is not None and (
                 not isinstance(self.virtual_size, int) or
+                isinstance(self.virtual_size, bool) or
                 self.virtual_size < 0):
             raise bad(f'bad virtual size {self.virtual_size!r}')
         if self.state == CREATED and self.virtual_size is None:
@@ -103,7 +106,8 @@ class DiskRecord:
                 reason=f'unknown fields {sorted(unknown)}')
         try:
             return cls(**data)
-        except TypeError as e:
+        except (TypeError, exception.InvalidDiskName) as e:
+            # Stored data with a bad name is as corrupt as any bad field.
             raise exception.CorruptRecord(location=location, reason=str(e))
 
 
@@ -187,8 +191,15 @@ class InstanceDirStore:
             raise exception.CorruptRecord(
                 location=path, reason='unsupported schema version %r' %
                 data.get('schema_version'))
-        return {name: DiskRecord.from_dict(rec, f'{path}:{name}')
-                for name, rec in data['disks'].items()}
+        found = {}
+        for name, rec in data['disks'].items():
+            record = DiskRecord.from_dict(rec, f'{path}:{name}')
+            if (record.instance, record.name) != (instance, name):
+                raise exception.CorruptRecord(
+                    location=f'{path}:{name}',
+                    reason=f'record is for {record.instance}/{record.name}')
+            found[name] = record
+        return found
 
     def _write(self, instance: str, records: dict[str, DiskRecord]) -> None:
         path = self.path(instance)

@@ -2,16 +2,20 @@
 
 Loads the skip guard (tests/skipguard.py): a skipped test fails the session
 unless its node id is on tests/skip_allowlist.txt with a comment explaining
-why.  Keep this file small; put fixtures next to the tests that use them.
+why.  Also the fixtures every test module uses: a host (config), its Backend
+and an instance. Keep this file small.
 """
 
 import pathlib
 
 import pytest
 
+import imagebackend
+
 try:  # tests/ is a package
-    from . import skipguard
+    from . import hosts, skipguard
 except ImportError:  # tests/ is a plain directory on sys.path
+    import hosts
     import skipguard
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -20,6 +24,26 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 def pytest_configure(config):
     if not config.pluginmanager.has_plugin(skipguard.PLUGIN_NAME):
         config.pluginmanager.register(skipguard, skipguard.PLUGIN_NAME)
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A host: instances_path, an image folder and a ConfigOpts for them."""
+    inst_path = tmp_path / 'host' / 'instances'
+    images = tmp_path / 'images'
+    inst_path.mkdir(parents=True)
+    images.mkdir()
+    return hosts.make_conf(str(inst_path), str(images))
+
+
+@pytest.fixture
+def backend(host):
+    return imagebackend.Backend(conf=host)
+
+
+@pytest.fixture
+def instance():
+    return hosts.Instance()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from imagebackend import fileutils
 from imagebackend import image
+from imagebackend import names
 from imagebackend import processes
 from imagebackend import qemu
 from imagebackend.backends import localfile
@@ -63,6 +64,9 @@ class Flat(localfile.LocalFileImage):
     def create_from_func(self, context: Any, func: Callable[[str], None],
                          cache_name: str, size: int | None = None,
                          fallback: str | None = None) -> None:
+        # No template is kept, but the name is recorded as the disk's source
+        # (and is a cache path on other backends): same rule everywhere.
+        names.check_cache_name(cache_name)
         self.driver_format = 'raw'
         with self._creating('func', cache_name, 'native') as facts:
             func(self.path)
@@ -78,6 +82,7 @@ class Flat(localfile.LocalFileImage):
 
     def check_backing_from_func(self, context, func, cache_name,
                                 fallback=None):
+        names.check_cache_name(cache_name)
         self._require_disk()
 
     # -- legacy (Nova's Flat.create_image) -------------------------------------

@@ -7,6 +7,7 @@ import os
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import image
+from imagebackend import names
 
 
 class LocalFileImage(image.Image):
@@ -25,7 +26,7 @@ class LocalFileImage(image.Image):
             self.path = os.path.join(self.instance_dir, disk_name)
         elif disk_name is None and instance is not None and \
                 os.path.dirname(path) == self.instance_dir:
-            self.disk_name = os.path.basename(path)
+            self.disk_name = names.check_disk_name(os.path.basename(path))
         self.preallocate = self.conf.preallocate_images == 'space'
         if self.preallocate:
             self.driver_io = 'native'

@@ -6,21 +6,15 @@ Backend on them, and helpers that make real images with qemu-img/qemu-io.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import uuid as uuid_mod
 
 import pytest
-from oslo_config import cfg
 
-import imagebackend
 from imagebackend import processes
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-
+from tests.hosts import GiB, Instance, MiB  # noqa: F401 (re-exported)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,15 +23,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.functional)
-
-
-@dataclasses.dataclass
-class Instance:
-    """The Nova-shaped bits of an instance the library reads."""
-
-    uuid: str = dataclasses.field(default_factory=lambda: str(uuid_mod.uuid4()))
-    name: str = 'instance-1'
-    os_type: str | None = 'linux'
 
 
 def run(*cmd: str) -> str:
@@ -76,31 +61,6 @@ def tree(path) -> dict:
             st = os.lstat(p)
             found[os.path.relpath(p, path)] = (st.st_size, st.st_mtime_ns)
     return found
-
-
-@pytest.fixture
-def host(tmp_path):
-    """A host: instances_path, an image folder and a ConfigOpts for them."""
-    conf = cfg.ConfigOpts()
-    imagebackend.config.register_opts(conf)
-    inst_path = tmp_path / 'host' / 'instances'
-    images = tmp_path / 'images'
-    inst_path.mkdir(parents=True)
-    images.mkdir()
-    conf.set_override('instances_path', str(inst_path))
-    conf.set_override('images_dir', str(images), group='imagebackend')
-    conf([])
-    return conf
-
-
-@pytest.fixture
-def backend(host):
-    return imagebackend.Backend(conf=host)
-
-
-@pytest.fixture
-def instance():
-    return Instance()
 
 
 @pytest.fixture
