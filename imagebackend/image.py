@@ -278,6 +278,21 @@ class Image(abc.ABC):
     def remove_disk(self) -> None:
         """Delete the disk's storage if present (not its record)."""
 
+    def delete(self) -> None:
+        """Delete the disk and then its record."""
+        self.remove_disk()
+        if self.disk_name is not None and self.instance is not None:
+            self.records.delete(self.instance_uuid, self.disk_name)
+        self._record = None
+
+    def create_empty(self, like: records_mod.DiskRecord) -> None:
+        """Make an empty disk shaped like ``like`` (a record from another
+        host): same backend, format, size and source, for a block live
+        migration to fill. Backends whose disks have a backing file
+        recreate them from their source instead."""
+        raise exception.NotSupported(operation='create_empty',
+                                     backend=self.image_type)
+
     # -- size ------------------------------------------------------------------
 
     def virtual_size(self) -> int:

@@ -8,6 +8,7 @@ from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import image
 from imagebackend import names
+from imagebackend import qemu
 
 
 class LocalFileImage(image.Image):
@@ -33,6 +34,15 @@ class LocalFileImage(image.Image):
 
     def remove_disk(self) -> None:
         fileutils.remove_path(self.path)
+
+    def create_empty(self, like) -> None:
+        if self.capabilities.backing_in_cache:
+            super().create_empty(like)
+        self.driver_format = like.format
+        with self._creating(like.source_type, like.source_id, 'empty',
+                            purpose='live-migration') as facts:
+            qemu.create(self.path, like.format, like.virtual_size)
+            facts.update(format=like.format, virtual_size=like.virtual_size)
 
     def _require_disk(self) -> None:
         if not self.exists():

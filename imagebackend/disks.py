@@ -1,0 +1,82 @@
+"""Creatable disks: a disk described, not yet created.
+
+A compute driver turns an instance into a list of these and then decides,
+per disk, what must happen: ``create`` a disk that does not exist,
+``check_backing`` of one that does (restore the cache entry it depends on,
+never touching the disk). Constructing one creates nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable
+
+from imagebackend import image as image_mod
+
+
+@dataclasses.dataclass
+class CreatableDisk(abc.ABC):
+    """A backend disk plus what it is to be made from."""
+
+    image: image_mod.Image
+    size: int | None
+
+    @property
+    def name(self) -> str:
+        return self.image.disk_name
+
+    def exists(self) -> bool:
+        return self.image.exists()
+
+    @abc.abstractmethod
+    def create(self, context: Any, fallback: str | None = None) -> None:
+        """Create the disk (and its record); DiskExists if it is there."""
+
+    @abc.abstractmethod
+    def check_backing(self, context: Any,
+                      fallback: str | None = None) -> None:
+        """Restore what the existing disk depends on, if anything."""
+
+    @property
+    @abc.abstractmethod
+    def source(self) -> tuple[str, str]:
+        """``('image', image id)`` or ``('func', cache name)``."""
+
+
+@dataclasses.dataclass
+class DiskFromImage(CreatableDisk):
+    """A disk to be made from image ``image_id``."""
+
+    image_id: str = ''
+
+    @property
+    def source(self) -> tuple[str, str]:
+        return ('image', self.image_id)
+
+    def create(self, context, fallback=None):
+        self.image.create_from_image(context, self.image_id, self.size,
+                                     fallback)
+
+    def check_backing(self, context, fallback=None):
+        self.image.check_backing_from_image(context, self.image_id, fallback)
+
+
+@dataclasses.dataclass
+class DiskFromFunc(CreatableDisk):
+    """A disk to be made by ``func(target)`` (ephemeral, swap, config)."""
+
+    func: Callable[[str], None] = None
+    cache_name: str = ''
+
+    @property
+    def source(self) -> tuple[str, str]:
+        return ('func', self.cache_name)
+
+    def create(self, context, fallback=None):
+        self.image.create_from_func(context, self.func, self.cache_name,
+                                    self.size, fallback)
+
+    def check_backing(self, context, fallback=None):
+        self.image.check_backing_from_func(context, self.func,
+                                           self.cache_name, fallback)
