@@ -21,6 +21,8 @@ class CreatableDisk(abc.ABC):
 
     image: image_mod.Image
     size: int | None
+    # Contents need not survive a move (swap): recreated, never copied.
+    disposable: bool = False
 
     @property
     def name(self) -> str:

@@ -285,6 +285,12 @@ class Image(abc.ABC):
             self.records.delete(self.instance_uuid, self.disk_name)
         self._record = None
 
+    def send_to(self, transport, host: str, progress=None) -> None:
+        """Copy this disk's data to the same place on ``host`` (cold
+        migration). Backends on shared storage send nothing."""
+        raise exception.NotSupported(operation='send_to',
+                                     backend=self.image_type)
+
     def create_empty(self, like: records_mod.DiskRecord) -> None:
         """Make an empty disk shaped like ``like`` (a record from another
         host): same backend, format, size and source, for a block live

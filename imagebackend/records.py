@@ -111,6 +111,13 @@ class DiskRecord:
             raise exception.CorruptRecord(location=location, reason=str(e))
 
 
+def document(records) -> dict[str, Any]:
+    """The on-disk form of an instance's records (``disks.json``)."""
+    return {'schema_version': SCHEMA_VERSION,
+            'disks': {r.name: r.to_dict()
+                      for r in sorted(records, key=lambda r: r.name)}}
+
+
 @runtime_checkable
 class RecordStore(Protocol):
     """Where records are kept. Implementations must make ``put`` atomic."""
@@ -210,9 +217,7 @@ class InstanceDirStore:
                 pass
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fileutils.atomic_write_json(path, {
-            'schema_version': SCHEMA_VERSION,
-            'disks': {n: r.to_dict() for n, r in sorted(records.items())}})
+        fileutils.atomic_write_json(path, document(records.values()))
 
     def get(self, instance, disk_name):
         return self._read(instance).get(disk_name)

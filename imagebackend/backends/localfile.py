@@ -35,6 +35,10 @@ class LocalFileImage(image.Image):
     def remove_disk(self) -> None:
         fileutils.remove_path(self.path)
 
+    def send_to(self, transport, host: str, progress=None) -> None:
+        relpath = os.path.relpath(self.path, self.conf.instances_path)
+        transport.put(host, self.path, relpath, progress=progress)
+
     def create_empty(self, like) -> None:
         if self.capabilities.backing_in_cache:
             super().create_empty(like)

@@ -1,0 +1,109 @@
+"""Which cache entries are in use, verification, and ageing out the rest.
+
+In use means: some disk's record, on any instance under this
+instances_path (shared by every host that mounts it), names the entry as
+its backing. Records say it, so nothing opens a disk to find its backing
+file (Nova ran qemu-img info on every instance's root to do this, and
+missed every other disk).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from imagebackend import cache as cache_mod
+from imagebackend import fileutils
+from imagebackend import names
+from imagebackend import records as records_mod
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryUse:
+    """A cache entry, how many disks depend on it, and when it was used."""
+
+    entry: cache_mod.CacheEntry
+    users: int
+    last_used: float
+    allocated: int
+
+
+def instances(instances_path: str) -> list[str]:
+    """Instance uuids that have a records file under ``instances_path``."""
+    found = []
+    try:
+        listing = os.listdir(instances_path)
+    except FileNotFoundError:
+        return found
+    for name in listing:
+        if os.path.isfile(os.path.join(instances_path, name,
+                                       records_mod.RECORDS_FILE)):
+            found.append(name)
+    return sorted(found)
+
+
+def users(backend) -> dict[str, int]:
+    """Cache entry name -> number of disks whose record names it."""
+    counts: dict[str, int] = {}
+    for uuid in instances(backend.conf.instances_path):
+        # An unreadable record raises: it must not make a base look unused.
+        for record in backend.records.list(uuid):
+            if record.backing:
+                counts[record.backing] = counts.get(record.backing, 0) + 1
+    return counts
+
+
+def scan(backend) -> list[EntryUse]:
+    """Every cache entry with its users and age."""
+    counts = users(backend)
+    out = []
+    for entry in backend.image_cache.entries():
+        try:
+            st = os.stat(entry.path)
+        except FileNotFoundError:
+            continue
+        out.append(EntryUse(entry=entry, users=counts.get(entry.name, 0),
+                            last_used=st.st_mtime,
+                            allocated=st.st_blocks * 512))
+    return out
+
+
+def verify(backend, name: str | None = None) -> dict[str, bool]:
+    """Recompute each entry's sha256 against its sidecar."""
+    result = {}
+    for entry in backend.image_cache.entries():
+        if name is None or entry.name == name:
+            result[entry.name] = (fileutils.sha256_file(entry.path) ==
+                                  entry.sha256)
+    return result
+
+
+def clean(backend, min_age: float | None = None,
+          dry_run: bool = False) -> list[str]:
+    """Remove entries no disk uses and unused for ``min_age`` seconds
+    (default ``[image_cache] remove_unused_original_minimum_age_seconds``).
+    The age is checked again under the entry's lock."""
+    if min_age is None:
+        min_age = backend.conf.image_cache.\
+            remove_unused_original_minimum_age_seconds
+    removed = []
+    now = time.time()
+    for use in scan(backend):
+        if use.users or now - use.last_used < min_age:
+            continue
+        if dry_run:
+            removed.append(use.entry.name)
+            continue
+        cache = backend.image_cache
+        with cache.lock(use.entry.name):
+            path = cache.path(use.entry.name)
+            try:
+                if time.time() - os.stat(path).st_mtime < min_age:
+                    continue  # used while we looked
+            except FileNotFoundError:
+                continue
+            fileutils.remove_path(path)
+            fileutils.remove_path(path + names.META_SUFFIX)
+        removed.append(use.entry.name)
+    return removed
