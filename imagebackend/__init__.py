@@ -13,11 +13,13 @@ from imagebackend.image import Capabilities, Image
 from imagebackend.records import (DiskRecord, InstanceDirStore, MemoryStore,
                                   RecordStore)
 from imagebackend.sources import DirectoryImageSource, ImageMeta, ImageSource
-from imagebackend.transport import LocalTransport, Transport
+from imagebackend.disks import CreatableDisk, DiskFromFunc, DiskFromImage
+from imagebackend.transport import LocalTransport, RsyncTransport, Transport
 
 __all__ = [
-    'Backend', 'CacheEntry', 'Capabilities', 'DirectoryImageSource',
-    'DiskRecord', 'Image', 'ImageCache', 'ImageMeta', 'ImageSource',
-    'InstanceDirStore', 'LocalTransport', 'MemoryStore', 'RecordStore',
+    'Backend', 'CacheEntry', 'Capabilities', 'CreatableDisk',
+    'DirectoryImageSource', 'DiskFromFunc', 'DiskFromImage', 'DiskRecord',
+    'Image', 'ImageCache', 'ImageMeta', 'ImageSource', 'InstanceDirStore',
+    'LocalTransport', 'MemoryStore', 'RecordStore', 'RsyncTransport',
     'Transport', 'exception',
 ]

@@ -112,9 +112,16 @@ class Backend:
             raise exception.IncompleteDisk(disk_name=name, instance=uuid,
                                            state=record.state)
         cls = backend_class(self._type(record.backend))
-        return cls(instance=instance, disk_name=name,
+        disk = cls(instance=instance, disk_name=name,
                    disk_info_mapping=disk_info_mapping, backend=self,
                    record=record)
+        if disk.location != record.location:
+            # The record came with the instance from another host (cold
+            # migration): the disk lives here now. Kept in memory until the
+            # caller changes the disk or saves it (reading changes nothing).
+            disk._record = record.replace(location=disk.location)
+            disk.moved_from = record.location
+        return disk
 
     def _adopt(self, instance, name: str) -> records_mod.DiskRecord:
         """A record for a disk made before records existed.

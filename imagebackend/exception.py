@@ -104,4 +104,4 @@ class NotSupported(ImageBackendError):
 
 
 class TransportError(ImageBackendError):
-    msg_fmt = "Could not fetch %(what)s from host %(host)s: %(reason)s"
+    msg_fmt = "Could not copy %(what)s to or from host %(host)s: %(reason)s"

@@ -90,6 +90,8 @@ class Image(abc.ABC):
         self.disk_name = disk_name
         self.path = path
         self._record = record
+        # Where the record said the disk was, when it came from elsewhere.
+        self.moved_from: str | None = None
         self._creation_path = threading.local()
 
     # -- identity ------------------------------------------------------------
@@ -267,6 +269,22 @@ class Image(abc.ABC):
 
     def _forget_record(self) -> None:
         self._record = None
+
+    def settle(self) -> None:
+        """Make an existing disk at home on this host and save its record.
+
+        After a move (``Backend.from_metadata`` found the record naming
+        another host's location) backends fix what in the disk names the
+        old place; the record is saved with the new location.
+        """
+        if self.moved_from is not None:
+            self._settle_move()
+            self.moved_from = None
+        if self._record is not None:
+            self.records.put(self._record)
+
+    def _settle_move(self) -> None:
+        """Fix host-specific references inside a moved disk (default: none)."""
 
     def _update_record(self, **changes) -> None:
         record = self.record

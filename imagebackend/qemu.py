@@ -47,6 +47,14 @@ def convert(src: str, src_fmt: str, dst: str, dst_fmt: str, *,
     processes.execute(*cmd)
 
 
+def rebase_unsafe(path: str, fmt: str, backing: str,
+                  backing_fmt: str) -> None:
+    """Point ``path`` at ``backing`` without copying data (the new backing
+    file must hold the same bytes as the old one)."""
+    processes.execute('qemu-img', 'rebase', '-q', '-u', '-f', fmt,
+                      '-F', backing_fmt, '-b', backing, path)
+
+
 def resize(path: str, fmt: str, size: int) -> None:
     if fmt == 'raw' and os.path.isfile(path):
         # qemu-img resize of a raw file is a truncate; skip the process.

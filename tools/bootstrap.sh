@@ -22,7 +22,7 @@ SYSTEM_PYTHON=/usr/bin/python3
 
 APT_PACKAGES=(
     qemu-utils python3-venv python3-rbd python3-rados
-    e2fsprogs dosfstools xfsprogs util-linux genisoimage
+    e2fsprogs dosfstools xfsprogs util-linux genisoimage ntfs-3g mtools
     pkg-config libvirt-dev gcc python3-dev
     rsync openssh-server openssh-client
 )

@@ -1,0 +1,1 @@
+"""A compute driver layer on imagebackend: instance disks, flows, CLI."""

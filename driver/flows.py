@@ -1,0 +1,266 @@
+"""The driver's disk flows, each saying per disk exactly what must happen.
+
+No flow asks which backend a disk is on: it asks the disk's record (through
+``Backend.from_metadata``) what the disk is, and the backend's declared
+capabilities what it can do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any, Iterable
+
+from imagebackend import disks as disks_mod
+from imagebackend import exception
+from imagebackend import records as records_mod
+from imagebackend import revert
+
+from driver import instance as instance_mod
+from driver import instance_disks
+
+LOG = logging.getLogger(__name__)
+
+RESIZE_SNAPSHOT = 'nova-resize'  # Nova's name, for backends with snapshots
+RESCUE_SUFFIX = '.rescue'
+
+
+def spawn(backend, context: Any, instance, mapping: dict,
+          block_device_info: dict | None = None) -> list[str]:
+    """Create every local disk that does not exist yet.
+
+    Returns the names created. If anything fails, the disks this call
+    created are deleted (newest first) and nothing else is touched.
+    """
+    todo = instance_disks.instance_disks(backend, instance, mapping,
+                                         block_device_info)
+    return _create_missing(context, todo)
+
+
+def _create_missing(context: Any, todo: Iterable[disks_mod.CreatableDisk],
+                    fallback: str | None = None) -> list[str]:
+    created = []
+    with revert.Reverter() as undo:
+        for disk in todo:
+            if disk.exists():
+                continue
+            if not created and disk.image.capabilities.file_in_instance_path:
+                # The instance directory too, if this call makes it.
+                undo.add(functools.partial(_rmdir_if_new,
+                                           disk.image.instance_dir,
+                                           os.path.isdir(
+                                               disk.image.instance_dir)))
+            disk.create(context, fallback=fallback)
+            undo.add(disk.image.delete)
+            created.append(disk.name)
+    return created
+
+
+def _rmdir_if_new(path: str, existed: bool) -> None:
+    if not existed:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def finish_migration(backend, context: Any, instance, mapping: dict,
+                     block_device_info: dict | None = None,
+                     source_host: str | None = None) -> dict[str, list[str]]:
+    """On a cold-migration/resize destination, disks already copied.
+
+    Creates nothing that exists; restores what existing disks depend on
+    (from ``source_host`` when the image is gone upstream); grows root and
+    every ephemeral to the instance's (new) flavor; recreates disposable
+    disks (swap). A shrink is refused before anything changes. Each disk's
+    backend and format come from its record, never from this host's config.
+    """
+    plan = []
+    for wanted in instance_disks.instance_disks(backend, instance, mapping,
+                                                block_device_info):
+        if not wanted.exists():
+            plan.append(('create', wanted, None))
+            continue
+        existing = backend.from_metadata(instance, wanted.name,
+                                         mapping.get(wanted.name))
+        disk = _from_record(existing, existing.record, wanted, wanted.size)
+        if disk.disposable:
+            plan.append(('recreate', disk, None))
+            continue
+        current = existing.virtual_size()
+        if disk.size and disk.size < current:
+            raise exception.CannotShrink(path=existing.location,
+                                         current=current, size=disk.size)
+        grow = disk.size if disk.size and disk.size > current else None
+        plan.append(('keep', disk, grow))
+
+    done: dict[str, list[str]] = {'created': [], 'grown': [], 'checked': []}
+    with revert.Reverter() as undo:
+        for action, disk, grow in plan:
+            if action == 'recreate':
+                disk.image.delete()
+            if action in ('create', 'recreate'):
+                disk.create(context, fallback=source_host)
+                undo.add(disk.image.delete)
+                done['created'].append(disk.name)
+                continue
+            disk.check_backing(context, fallback=source_host)
+            disk.image.settle()
+            done['checked'].append(disk.name)
+            if grow:
+                # Backends with snapshots keep one so a revert can undo it.
+                disk.image.create_snap(RESIZE_SNAPSHOT)
+                disk.image.resize_image(grow)
+                done['grown'].append(disk.name)
+    return done
+
+
+def finish_revert_migration(backend, instance) -> None:
+    """On the source, after a revert: undo what finish_migration did to
+    shared disks (a snapshot rollback where the backend keeps one)."""
+    for record in backend.records.list(instance.uuid):
+        if not record.created:
+            continue
+        disk = backend.from_metadata(instance, record.name)
+        disk.rollback_to_snap(RESIZE_SNAPSHOT)
+        disk.remove_snap(RESIZE_SNAPSHOT, ignore_errors=True)
+
+
+def confirm_migration(backend, instance) -> None:
+    """Drop what a revert would have needed."""
+    for record in backend.records.list(instance.uuid):
+        if record.created:
+            backend.from_metadata(instance, record.name).remove_snap(
+                RESIZE_SNAPSHOT, ignore_errors=True)
+
+
+def destroy_disks(backend, instance, suffix: str = '') -> list[str]:
+    """Delete the instance's local disks (those ending in ``suffix``) and
+    their records; returns the names deleted."""
+    deleted = []
+    for record in backend.records.list(instance.uuid):
+        if not record.name.endswith(suffix):
+            continue
+        if record.created:
+            backend.from_metadata(instance, record.name).delete()
+        else:
+            # A creation that died: remove whatever it left, then the record.
+            backend.by_name(instance, record.name, record.backend).delete()
+        deleted.append(record.name)
+    return deleted
+
+
+def pre_live_migration(backend, context: Any, instance, mapping: dict,
+                       records: Iterable[records_mod.DiskRecord],
+                       block_device_info: dict | None = None,
+                       source_host: str | None = None) -> list[str]:
+    """On a live-migration destination without shared storage.
+
+    Recreates every disk exactly as it was first created on the source, as
+    ``records`` (carried from the source, as Nova carries migrate_data)
+    say: the same backend; disks that depend on a cache entry are made again
+    from the same image or template (side-loaded from ``source_host`` rather
+    than regenerated: a regenerated template is not byte-identical); the
+    others are made empty, of the recorded size and format, for the block
+    migration to fill. Disks on shared storage are already there.
+    """
+    by_name = {r.name: r for r in records}
+    described = {d.name: d for d in instance_disks.instance_disks(
+        backend, instance, mapping, block_device_info)}
+    for name in described:
+        if name not in by_name:
+            raise exception.RecordNotFound(disk_name=name,
+                                           instance=instance.uuid)
+    todo = []
+    for name, record in sorted(by_name.items()):
+        if not record.created:
+            raise exception.IncompleteDisk(disk_name=name,
+                                           instance=instance.uuid,
+                                           state=record.state)
+        image = backend.by_name(instance, name, image_type=record.backend,
+                                disk_info_mapping=mapping.get(name))
+        if image.capabilities.shared_storage:
+            continue
+        if image.exists():
+            raise exception.DiskExists(location=image.location)
+        todo.append(_as_recorded(image, record, described.get(name)))
+    return _create_missing(context, todo, fallback=source_host)
+
+
+def _from_record(image, record, described, size
+                 ) -> disks_mod.CreatableDisk:
+    """The creatable disk ``record`` says ``image`` was made as.
+
+    An existing disk depends on what it was made from, not on what the
+    instance would be given today (a resize changes template names): its
+    template may only be remade by the same function, and where a
+    function is needed for a different template, none is available.
+    """
+    disposable = bool(described is not None and described.disposable)
+    if record.source_type == 'image':
+        return disks_mod.DiskFromImage(image=image, size=size,
+                                       disposable=disposable,
+                                       image_id=record.source_id)
+    if record.source_type == 'func':
+        func = getattr(described, 'func', None)
+        if getattr(described, 'cache_name', None) != record.source_id:
+            func = functools.partial(_no_regeneration, record.source_id)
+        return disks_mod.DiskFromFunc(image=image, size=size,
+                                      disposable=disposable, func=func,
+                                      cache_name=record.source_id)
+    # A disk adopted from before records: only the description can say.
+    if described is None:
+        raise exception.InvalidInput(
+            reason=f'disk {record.name} has no recorded source and is not '
+                   'in the disk mapping: it cannot be made again here')
+    return dataclasses.replace(described, image=image, size=size)
+
+
+def _as_recorded(image, record, described) -> disks_mod.CreatableDisk:
+    """A creatable disk that makes ``record``'s disk again on this host."""
+    if not image.capabilities.backing_in_cache:
+        return _EmptyLike(image=image, size=record.virtual_size,
+                          record=record)
+    return _from_record(image, record, described, record.virtual_size)
+
+
+def _no_regeneration(cache_name: str, target: str) -> None:
+    """A template that must be copied, not remade: a remade filesystem is
+    not byte-identical to the base a disk was made on."""
+    raise exception.ImageNotFound(image_id=cache_name)
+
+
+class _EmptyLike(disks_mod.CreatableDisk):
+    """An empty disk shaped like a record from another host."""
+
+    def __init__(self, image, size, record):
+        super().__init__(image=image, size=size)
+        self.record = record
+
+    @property
+    def source(self):
+        return (self.record.source_type, self.record.source_id)
+
+    def create(self, context, fallback=None):
+        self.image.create_empty(self.record)
+
+    def check_backing(self, context, fallback=None):
+        pass
+
+
+def rescue(backend, context: Any, instance, rescue_image_id: str | None = None,
+           mapping: dict | None = None) -> list[str]:
+    """Create the ``.rescue`` disks: a root from the rescue image (at the
+    image's size) and, with a config drive, a rescue config drive."""
+    mapping = mapping or instance_mod.rescue_mapping(instance)
+    todo = instance_disks.instance_disks(
+        backend, instance, mapping, suffix=RESCUE_SUFFIX,
+        image_id=rescue_image_id or instance.image_ref)
+    return _create_missing(context, todo)
+
+
+def unrescue(backend, instance) -> list[str]:
+    """Delete every ``.rescue`` disk and its record."""
+    return destroy_disks(backend, instance, suffix=RESCUE_SUFFIX)
