@@ -22,7 +22,8 @@ def migrate_disks(backend, instance, mapping: dict, dest_host: str,
                   transport, block_device_info: dict | None = None,
                   progress=None) -> list[str]:
     """Send the instance's disks and records to ``dest_host``; return the
-    names of the disks whose data was copied."""
+    names of the disks whose data was copied. ``progress(disk name)``, if
+    given, returns the progress callback for that disk's copy."""
     described = {d.name: d for d in instance_disks.instance_disks(
         backend, instance, mapping, block_device_info)}
     travelling, copied = [], []
@@ -34,7 +35,8 @@ def migrate_disks(backend, instance, mapping: dict, dest_host: str,
             continue
         disk = backend.from_metadata(instance, record.name)
         if not disk.capabilities.shared_storage:
-            disk.send_to(transport, dest_host, progress=progress)
+            disk.send_to(transport, dest_host,
+                         progress=progress(record.name) if progress else None)
             copied.append(record.name)
         travelling.append(record)
     _send_records(transport, dest_host, instance.uuid, travelling)

@@ -1,0 +1,145 @@
+"""The CLI's local world: images, hosts and instances under one state dir.
+
+    <state-dir>/images/<id>.<format>           the image source (embedded)
+    <state-dir>/hosts/<host>/instances/         that host's instances_path
+    <state-dir>/hosts/<host>/host.json          its config: images_type, ...
+    <state-dir>/instances/<uuid>.json           instance definitions (the
+                                                compute database stand-in)
+
+Every host is a directory on this machine; a LocalTransport maps host names
+to their instances_path, so migrations between hosts are real copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from oslo_config import cfg
+
+import imagebackend
+from imagebackend import exception
+from imagebackend import fileutils
+from imagebackend import names
+
+from driver import instance as instance_mod
+
+DEFAULT_STATE_DIR = '/var/tmp/imagebackend'
+HOST_OPTIONS = ('images_type', 'use_cow_images', 'force_raw_images',
+                'preallocate_images')
+
+
+class State:
+    """Hosts, images and instances kept under ``root``."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.images_dir = os.path.join(self.root, 'images')
+        self.hosts_dir = os.path.join(self.root, 'hosts')
+        self.instances_dir = os.path.join(self.root, 'instances')
+        for d in (self.images_dir, self.hosts_dir, self.instances_dir):
+            os.makedirs(d, exist_ok=True)
+
+    # -- hosts -----------------------------------------------------------------
+
+    def hosts(self) -> list[str]:
+        return sorted(os.listdir(self.hosts_dir))
+
+    def instances_path(self, host: str) -> str:
+        names.check_disk_name(host)
+        return os.path.join(self.hosts_dir, host, 'instances')
+
+    def host_config(self, host: str) -> dict:
+        path = os.path.join(self.hosts_dir, host, 'host.json')
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise exception.CorruptRecord(location=path, reason=str(e))
+
+    def set_host_config(self, host: str, **options) -> dict:
+        unknown = set(options) - set(HOST_OPTIONS)
+        if unknown:
+            raise exception.InvalidInput(
+                reason=f'unknown host options {sorted(unknown)}')
+        config = dict(self.host_config(host), **options)
+        os.makedirs(self.instances_path(host), exist_ok=True)
+        fileutils.atomic_write_json(
+            os.path.join(self.hosts_dir, host, 'host.json'), config)
+        return config
+
+    def conf(self, host: str, images_type: str | None = None
+             ) -> cfg.ConfigOpts:
+        conf = cfg.ConfigOpts()
+        imagebackend.config.register_opts(conf)
+        path = self.instances_path(host)
+        os.makedirs(path, exist_ok=True)
+        conf.set_override('instances_path', path)
+        conf.set_override('images_dir', self.images_dir,
+                          group='imagebackend')
+        settings = self.host_config(host)
+        if images_type:
+            settings['images_type'] = images_type
+        for key, value in settings.items():
+            group = 'libvirt' if key == 'images_type' else None
+            conf.set_override(key, value, group=group)
+        conf([])
+        return conf
+
+    def transport(self) -> imagebackend.LocalTransport:
+        return imagebackend.LocalTransport(
+            {h: self.instances_path(h) for h in self.hosts()})
+
+    def backend(self, host: str, images_type: str | None = None
+                ) -> imagebackend.Backend:
+        return imagebackend.Backend(conf=self.conf(host, images_type),
+                                    transport=self.transport())
+
+    # -- instances ---------------------------------------------------------------
+
+    def _instance_file(self, uuid: str) -> str:
+        return os.path.join(self.instances_dir,
+                            names.check_instance_uuid(uuid) + '.json')
+
+    def save(self, instance: instance_mod.Instance,
+             block_device_info: dict | None = None) -> None:
+        data = dataclasses.asdict(instance)
+        data['block_device_info'] = block_device_info or {}
+        fileutils.atomic_write_json(self._instance_file(instance.uuid), data)
+
+    def forget(self, instance: instance_mod.Instance) -> None:
+        fileutils.remove_path(self._instance_file(instance.uuid))
+
+    def instances(self) -> list[tuple[instance_mod.Instance, dict]]:
+        found = []
+        for name in sorted(os.listdir(self.instances_dir)):
+            if name.endswith('.json'):
+                found.append(self._load(os.path.join(self.instances_dir,
+                                                     name)))
+        return found
+
+    def _load(self, path: str) -> tuple[instance_mod.Instance, dict]:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            bdi = data.pop('block_device_info', {})
+            data['flavor'] = instance_mod.Flavor(**data['flavor'])
+            return instance_mod.Instance(**data), bdi
+        except (ValueError, KeyError, TypeError) as e:
+            raise exception.CorruptRecord(location=path, reason=str(e))
+
+    def find(self, ref: str) -> tuple[instance_mod.Instance, dict]:
+        """An instance by uuid, unique uuid prefix, or unique name."""
+        matches = [(i, b) for i, b in self.instances()
+                   if i.uuid == ref or i.name == ref]
+        if not matches:
+            matches = [(i, b) for i, b in self.instances()
+                       if i.uuid.startswith(ref)]
+        if len(matches) != 1:
+            raise exception.InvalidInput(
+                reason=f'{ref!r} matches {len(matches)} instances; give a '
+                       'uuid or a unique name')
+        return matches[0]
