@@ -78,17 +78,23 @@ def finish_migration(backend, context: Any, instance, mapping: dict,
     backend and format come from its record, never from this host's config.
     """
     plan = []
+    arrived = {r.name for r in backend.records.list(instance.uuid)}
     for wanted in instance_disks.instance_disks(backend, instance, mapping,
                                                 block_device_info):
-        if not wanted.exists():
+        # A disk whose record arrived exists, even if its data is still in
+        # transit form (an LV's contents as a file): settle() finishes it.
+        if wanted.name not in arrived and not wanted.exists():
             plan.append(('create', wanted, None))
             continue
         existing = backend.from_metadata(instance, wanted.name,
                                          mapping.get(wanted.name))
-        disk = _from_record(existing, existing.record, wanted, wanted.size)
-        if disk.disposable:
-            plan.append(('recreate', disk, None))
+        if wanted.disposable:
+            # Made afresh as described today (a resize changes its size and
+            # so its template), not as its record says it was first made.
+            plan.append(('recreate',
+                         dataclasses.replace(wanted, image=existing), None))
             continue
+        disk = _from_record(existing, existing.record, wanted, wanted.size)
         current = existing.virtual_size()
         if disk.size and disk.size < current:
             raise exception.CannotShrink(path=existing.location,
@@ -106,8 +112,8 @@ def finish_migration(backend, context: Any, instance, mapping: dict,
                 undo.add(disk.image.delete)
                 done['created'].append(disk.name)
                 continue
-            disk.check_backing(context, fallback=source_host)
             disk.image.settle()
+            disk.check_backing(context, fallback=source_host)
             done['checked'].append(disk.name)
             if grow:
                 # Backends with snapshots keep one so a revert can undo it.

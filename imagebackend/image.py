@@ -273,18 +273,18 @@ class Image(abc.ABC):
     def settle(self) -> None:
         """Make an existing disk at home on this host and save its record.
 
-        After a move (``Backend.from_metadata`` found the record naming
-        another host's location) backends fix what in the disk names the
-        old place; the record is saved with the new location.
+        After a move (cold migration) the disk may still name its old
+        place (Qcow2's backing path), or its data may have arrived in
+        transit form (an LV's contents as a file): backends finish the
+        move in ``_settle``. Then the record is saved as this host has it.
         """
-        if self.moved_from is not None:
-            self._settle_move()
-            self.moved_from = None
+        self._settle()
+        self.moved_from = None
         if self._record is not None:
             self.records.put(self._record)
 
-    def _settle_move(self) -> None:
-        """Fix host-specific references inside a moved disk (default: none)."""
+    def _settle(self) -> None:
+        """Finish a move on this host (default: nothing to do)."""
 
     def _update_record(self, **changes) -> None:
         record = self.record

@@ -25,6 +25,9 @@ APT_PACKAGES=(
     e2fsprogs dosfstools xfsprogs util-linux genisoimage ntfs-3g mtools
     pkg-config libvirt-dev gcc python3-dev
     rsync openssh-server openssh-client
+    # Real storage for the Lvm, Rbd and Ploop backends (real-backends.md):
+    # lvm2 on loop devices, a one-node Ceph on loopback, Debian's ploop.
+    lvm2 ceph-mon ceph-osd ceph-common ploop btrfs-progs uuid-runtime
 )
 
 say() { echo "bootstrap: $*" >&2; }

@@ -94,12 +94,13 @@ class Qcow2(localfile.LocalFileImage):
                 qemu.create(self.path, 'qcow2', size, backing=base,
                             backing_fmt=base_format)
 
-    def _settle_move(self) -> None:
+    def _settle(self) -> None:
         # The overlay names its base by absolute path; on a host whose
         # instances_path differs, point it at this host's copy of the same
         # entry (check_backing has made sure it is here, sha256-verified).
         record = self.record
-        if record is not None and record.backing:
+        if self.moved_from is not None and record is not None and \
+                record.backing:
             qemu.rebase_unsafe(self.path, 'qcow2',
                                self.image_cache.path(record.backing),
                                record.backing_format or 'raw')
