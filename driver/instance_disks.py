@@ -85,7 +85,8 @@ KNOWN = ('disk', 'disk.local', 'disk.swap', 'disk.config')
 
 
 def _check_names(mapping: dict, bdi: dict) -> None:
-    """Every disk name in the mapping must be one the driver knows."""
+    """Every disk name in the mapping must be one the driver knows, and
+    every BDM guest format one the driver can make."""
     names = KNOWN + tuple(f'disk.eph{i}'
                           for i in range(len(bdi.get('ephemerals') or [])))
     allowed = {n for name in names for n in (name, name + '.rescue')}
@@ -93,3 +94,7 @@ def _check_names(mapping: dict, bdi: dict) -> None:
     if unknown:
         raise exception.InvalidInput(
             reason=f'unknown disk names in the mapping: {sorted(unknown)}')
+    # Bad guest formats too, before any disk is made.
+    for eph in bdi.get('ephemerals') or []:
+        if eph.get('guest_format'):
+            templates.check_guest_format(eph['guest_format'])
