@@ -86,8 +86,11 @@ def finish_migration(backend, context: Any, instance, mapping: dict,
         if wanted.name not in arrived and not wanted.exists():
             plan.append(('create', wanted, None))
             continue
+        # No record for a disk that is here: on a destination that is an
+        # error (RecordNotFound); only the host that made it may adopt it.
         existing = backend.from_metadata(instance, wanted.name,
-                                         mapping.get(wanted.name))
+                                         mapping.get(wanted.name),
+                                         created_here=source_host is None)
         if wanted.disposable:
             # Made afresh as described today (a resize changes its size and
             # so its template), not as its record says it was first made.

@@ -100,14 +100,19 @@ class Backend:
 
     # -- existing disks ------------------------------------------------------
 
-    def from_metadata(self, instance, name: str,
-                      disk_info_mapping=None) -> image_mod.Image:
-        """An existing disk, opened as its record says it is."""
+    def from_metadata(self, instance, name: str, disk_info_mapping=None, *,
+                      created_here: bool = True) -> image_mod.Image:
+        """An existing disk, opened as its record says it is.
+
+        A disk made before records gets one from Nova's disk.info, or else
+        from this host's config, but only if this is the host that made it
+        (``created_here``): a migration destination raises RecordNotFound.
+        """
         names.check_disk_name(name)
         uuid = names.check_instance_uuid(instance.uuid)
         record = self.records.get(uuid, name)
         if record is None:
-            record = self._adopt(instance, name)
+            record = self._adopt(instance, name, created_here)
         if not record.created:
             raise exception.IncompleteDisk(disk_name=name, instance=uuid,
                                            state=record.state)
@@ -123,7 +128,8 @@ class Backend:
             disk.moved_from = record.location
         return disk
 
-    def _adopt(self, instance, name: str) -> records_mod.DiskRecord:
+    def _adopt(self, instance, name: str,
+               created_here: bool) -> records_mod.DiskRecord:
         """A record for a disk made before records existed.
 
         Nova's disk.info says what format it decided a file disk has; failing
@@ -140,9 +146,12 @@ class Backend:
                     location=os.path.join(instance_dir, 'disk.info'),
                     reason=f'unknown format {fmt!r} for {name}')
             how = 'disk.info'
-        else:
+        elif created_here:
             image_type = self._type(None)
             how = 'host config'
+        else:
+            raise exception.RecordNotFound(disk_name=name,
+                                           instance=instance.uuid)
         disk = backend_class(image_type)(instance=instance, disk_name=name,
                                          backend=self)
         if not disk.exists():

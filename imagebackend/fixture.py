@@ -178,7 +178,8 @@ class ImageBackendFixture(fixtures.Fixture):
             return constructor
 
         def fake_from_metadata(backend_self, instance, name,
-                               disk_info_mapping=None):
+                               disk_info_mapping=None, *,
+                               created_here=True):
             names.check_disk_name(name)
             if not fixture._exists(name):
                 raise exception.RecordNotFound(

@@ -339,3 +339,15 @@ def test_bad_input_is_typed_and_deletes_nothing(hosts, image_type):
     with pytest.raises(exception.CorruptRecord):
         flows.destroy_disks(a, instance)
     assert sorted(os.listdir(inst_dir)) == listing
+
+
+def test_destination_without_record_is_refused(hosts):
+    hosts.add_image('img')
+    instance = new_instance()
+    a, mapping, _ = spawn_on_a(hosts, 'qcow2', instance)
+    migration.migrate_disks(a, instance, mapping, 'b', hosts.transport, BDI)
+    # The records file did not arrive: b must not guess from its config.
+    os.unlink(os.path.join(hosts.paths['b'], instance.uuid, 'disks.json'))
+    with pytest.raises(exception.RecordNotFound):
+        flows.finish_migration(hosts.backend('b'), None, instance, mapping,
+                               BDI, source_host='a')
