@@ -173,7 +173,7 @@ class ImageCache:
             digest = writer.sha256.hexdigest()
             if fmt != 'raw' and self.conf.force_raw_images:
                 qemu.convert(part, fmt, converted, 'raw')
-                _fsync_file(converted)
+                fileutils.fsync_file(converted)
                 os.replace(converted, part)
                 fmt = 'raw'
                 digest = fileutils.sha256_file(part)
@@ -245,7 +245,7 @@ class ImageCache:
         fileutils.remove_path(part)
         try:
             func(part)
-            _fsync_file(part)
+            fileutils.fsync_file(part)
             # Templates are raw files the library's own functions wrote.
             entry = CacheEntry(name=cache_name, path=target, format='raw',
                                virtual_size=os.path.getsize(part),
@@ -318,11 +318,3 @@ class ImageCache:
         with self.lock(name):
             fileutils.remove_path(self.path(name))
             fileutils.remove_path(self.path(name) + names.META_SUFFIX)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

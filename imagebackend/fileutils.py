@@ -24,6 +24,14 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_json(path: str, data: Any) -> None:
     """Write ``data`` as JSON to ``path``: temp file, fsync, rename."""
     directory = os.path.dirname(path) or '.'

@@ -345,8 +345,8 @@ class ImageBackendFixture(fixtures.Fixture):
 
         def libvirt_info(cache_mode, extra_specs, boot_order=None,
                          disk_unit=None):
-            return self._libvirt_info(disk, cache_mode, extra_specs,
-                                      boot_order, disk_unit)
+            return image_mod.file_disk_config(disk, cache_mode, extra_specs,
+                                              boot_order, disk_unit)
 
         def libvirt_fs_info(target, driver_type=None):
             return image_mod.Image.libvirt_fs_info(disk, target, driver_type)
@@ -409,24 +409,3 @@ class ImageBackendFixture(fixtures.Fixture):
                 state=records_mod.CREATED, provenance={'path': 'fake'})
         except exception.ImageBackendError:
             return None  # e.g. a test instance whose uuid is no name
-
-    @staticmethod
-    def _libvirt_info(disk, cache_mode, extra_specs, boot_order,
-                      disk_unit) -> libvirt_config.GuestDisk:
-        mapping = disk.disk_info_mapping
-        if not mapping:
-            raise exception.InvalidInput(
-                reason='libvirt_info needs the disk_info_mapping')
-        info = libvirt_config.GuestDisk(
-            source_type=disk.source_type,
-            source_device=mapping.get('type', 'disk'),
-            target_bus=mapping['bus'], target_dev=mapping['dev'],
-            driver_cache=cache_mode, driver_discard=disk.discard_mode,
-            driver_io=disk.driver_io, driver_format=disk.driver_format,
-            source_path=disk.path, boot_order=boot_order)
-        libvirt = getattr(disk.conf, 'libvirt', None)
-        if getattr(libvirt, 'virt_type', None) in ('qemu', 'kvm'):
-            info.driver_name = 'qemu'
-        image_mod.Image._disk_scsi(info, disk_unit)
-        image_mod.Image._disk_qos(info, extra_specs)
-        return info

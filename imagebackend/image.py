@@ -39,6 +39,21 @@ QOS_SPECS = ('disk_read_bytes_sec', 'disk_read_iops_sec',
              'disk_total_bytes_sec', 'disk_total_iops_sec')
 
 
+def _disk_scsi(info: libvirt_config.GuestDisk, disk_unit: int | None) -> None:
+    """A fixed unit on the SCSI controller (Nova bug 1792077)."""
+    if info.target_bus == 'scsi' and disk_unit is not None:
+        info.device_addr = libvirt_config.DriveAddress(controller=0,
+                                                       unit=disk_unit)
+
+
+def _disk_qos(info: libvirt_config.GuestDisk, extra_specs: dict) -> None:
+    """Flavor extra specs ``quota:disk_*`` become ``<iotune>`` limits."""
+    for key, value in (extra_specs or {}).items():
+        scope = key.split(':')
+        if len(scope) == 2 and scope[0] == 'quota' and scope[1] in QOS_SPECS:
+            setattr(info, scope[1], int(value))
+
+
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a backend is and can do, as data: flows ask these, not types."""
@@ -389,37 +404,12 @@ class Image(abc.ABC):
                      disk_unit: int | None = None
                      ) -> libvirt_config.GuestDisk:
         """The guest's ``<disk>`` for this disk."""
-        mapping = self.disk_info_mapping
-        if not mapping:
-            raise exception.InvalidInput(
-                reason='libvirt_info needs the disk_info_mapping')
-        info = libvirt_config.GuestDisk(
-            source_type=self.source_type,
-            source_device=mapping.get('type', 'disk'),
-            target_bus=mapping['bus'], target_dev=mapping['dev'],
-            driver_cache=cache_mode, driver_discard=self.discard_mode,
-            driver_io=self.driver_io, driver_format=self.driver_format,
-            source_path=self.path, boot_order=boot_order)
-        if self.conf.libvirt.virt_type in ('qemu', 'kvm'):
-            info.driver_name = 'qemu'
-        self._disk_scsi(info, disk_unit)
-        self._disk_qos(info, extra_specs)
-        return info
+        return file_disk_config(self, cache_mode, extra_specs, boot_order,
+                                disk_unit)
 
-    @staticmethod
-    def _disk_scsi(info: libvirt_config.GuestDisk,
-                   disk_unit: int | None) -> None:
-        if info.target_bus == 'scsi' and disk_unit is not None:
-            info.device_addr = libvirt_config.DriveAddress(controller=0,
-                                                           unit=disk_unit)
-
-    @staticmethod
-    def _disk_qos(info: libvirt_config.GuestDisk, extra_specs: dict) -> None:
-        for key, value in (extra_specs or {}).items():
-            scope = key.split(':')
-            if len(scope) == 2 and scope[0] == 'quota' and \
-                    scope[1] in QOS_SPECS:
-                setattr(info, scope[1], int(value))
+    # For backends that build their own <disk> (Rbd's network disk).
+    _disk_scsi = staticmethod(_disk_scsi)
+    _disk_qos = staticmethod(_disk_qos)
 
     def libvirt_fs_info(self, target: str, driver_type: str | None = None
                         ) -> libvirt_config.GuestFilesys:
@@ -471,6 +461,31 @@ class Image(abc.ABC):
                                 also_destroy_volume: bool = False,
                                 ignore_errors: bool = False) -> None:
         pass
+
+
+def file_disk_config(disk, cache_mode: str | None, extra_specs: dict,
+                     boot_order: int | None = None,
+                     disk_unit: int | None = None
+                     ) -> libvirt_config.GuestDisk:
+    """Nova's generic ``<disk>`` from a disk's attributes (path, formats,
+    mapping); shared with the test fixture's fakes."""
+    mapping = disk.disk_info_mapping
+    if not mapping:
+        raise exception.InvalidInput(
+            reason='libvirt_info needs the disk_info_mapping')
+    info = libvirt_config.GuestDisk(
+        source_type=disk.source_type,
+        source_device=mapping.get('type', 'disk'),
+        target_bus=mapping['bus'], target_dev=mapping['dev'],
+        driver_cache=cache_mode, driver_discard=disk.discard_mode,
+        driver_io=disk.driver_io, driver_format=disk.driver_format,
+        source_path=disk.path, boot_order=boot_order)
+    libvirt = getattr(disk.conf, 'libvirt', None)  # fakes may have no conf
+    if getattr(libvirt, 'virt_type', None) in ('qemu', 'kvm'):
+        info.driver_name = 'qemu'
+    _disk_scsi(info, disk_unit)
+    _disk_qos(info, extra_specs)
+    return info
 
 
 def _rmdir_if_empty(path: str) -> None:

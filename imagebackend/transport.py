@@ -221,7 +221,7 @@ def _copy_tree(src: str, dst: str, progress: _Progress) -> None:
     elif stat.S_ISREG(st.st_mode):
         fileutils.clone_or_sparse_copy(src, dst)
         shutil.copystat(src, dst)
-        _fsync_file(dst)
+        fileutils.fsync_file(dst)
         progress.add(st.st_size)
     else:
         raise OSError(f'{src} is neither a file, a directory nor a symlink')
@@ -252,14 +252,6 @@ def _staged_copy(src: str, dst: str,
         _remove_dirs(created)
         raise
     progress.finish()
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- LocalTransport -----------------------------------------------------------
