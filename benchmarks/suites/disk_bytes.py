@@ -1,0 +1,69 @@
+"""3. Bytes: what one instance costs on disk, per backend.
+
+Allocated bytes (``st_blocks``, what ``du`` says) of an instance's
+directory (root + ephemeral + swap + its records file), natively created
+from the cached image, against the image as cached (allocated bytes of the
+base: what one full copy of its data costs). What every instance shares
+(the base, Qcow2's templates) is context.
+"""
+
+from __future__ import annotations
+
+import os
+
+from benchmarks import env, floors
+from benchmarks.core import Figure
+
+NAME = 'bytes'
+TITLE = 'allocated bytes per instance vs the image'
+IMAGE = 'img'
+
+
+def space_needed(s: env.Sizes) -> int:
+    return 4 * s.image_data + 64 * env.MiB + 2 * s.ephemeral // 8
+
+
+def run(ctx, result) -> None:
+    s = ctx.sizes
+    shape = env.Shape(s.root, s.ephemeral, s.swap)
+    images = os.path.join(ctx.dir, 'images')
+    os.makedirs(images)
+    _src, data = env.make_image(images, IMAGE, s.image_virtual, s.image_data)
+    host = env.Host(os.path.join(ctx.dir, 'host'), images_dir=images)
+    backend = host.backend()
+    entry = backend.image_cache.fetch_image(None, IMAGE)
+    result.context.update(image={'virtual_size': s.image_virtual,
+                                 'data_bytes': data},
+                          instance=shape.describe())
+    for floor in floors.available():
+        t = floor.image_type
+        result.log(f'{t}: {ctx.reps} instances')
+        maker = env.InstanceMaker(backend, t, IMAGE, shape)
+        samples, bases, disks = [], [], {}
+        for i in range(-ctx.warmup, ctx.reps):
+            inst = maker.new_instance()
+            maker.create(inst, 'native')
+            inst_dir = host.instance_dir(inst.uuid)
+            if i >= 0:
+                samples.append(env.allocated(inst_dir))
+                bases.append(env.allocated(entry.path))
+                if not disks:
+                    disks = {n: env.allocated(os.path.join(inst_dir, n))
+                             for n in sorted(os.listdir(inst_dir))}
+            host.forget(inst.uuid)
+        shared = {e.name: env.allocated(e.path)
+                  for e in backend.image_cache.entries()
+                  if e.name == entry.name or t == 'qcow2'}
+        result.add(Figure(
+            name=f'{t}.bytes.instance_vs_image',
+            description='allocated bytes of one instance directory '
+                        f'({shape.describe()})',
+            unit='bytes', samples=samples,
+            baseline_description='allocated bytes of the image as cached '
+                                 '(the base)',
+            baseline_samples=bases,
+            context={'per_file': disks,
+                     'vs_virtual_size': samples[0] / s.image_virtual,
+                     'shared_cache_entries': shared,
+                     'note': 'shared cache entries are paid once per host, '
+                             'not per instance'}))

@@ -1,0 +1,51 @@
+"""The benchmark command runs end to end (``python -m benchmarks --quick``).
+
+Only proves the command works with tiny sizes and writes a complete JSON
+report: nothing here looks at how long anything took, and a missed target
+is not a failure (the command exits 0 for those too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+SUITES = ('spawn_cached', 'cold_parallel', 'bytes', 'reflink', 'migration',
+          'cache_manager', 'memory')
+# A hung run must fail, not hang CI; not a timing assertion.
+GUARD = 900
+
+
+def test_quick_benchmark_writes_every_suite(tmp_path, repo_root):
+    out = tmp_path / 'report.json'
+    work = tmp_path / 'work'
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, '-m', 'benchmarks', '--quick', '--out', str(out),
+         '--workdir', str(work)],
+        cwd=repo_root, capture_output=True, text=True, timeout=GUARD)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    report = json.loads(out.read_text())
+    assert report['quick'] is True
+    assert report['summary']['errors'] == []
+    assert set(report['suites']) == set(SUITES)
+    for name in SUITES:
+        suite = report['suites'][name]
+        assert suite['status'] == 'ok', suite['error']
+        assert suite['figures'], name
+        for fig in suite['figures']:
+            assert {'name', 'ratio', 'samples', 'median', 'baseline',
+                    'target', 'met', 'unit'} <= set(fig), fig['name']
+            assert len(fig['samples']) >= 5, fig['name']
+            assert {'samples', 'median', 'description'} <= set(
+                fig['baseline']), fig['name']
+            assert len(fig['baseline']['samples']) >= 5, fig['name']
+
+    # The table went to stdout; everything the run made is gone.
+    assert 'figure' in proc.stdout and 'ratio' in proc.stdout
+    assert os.listdir(work) == []
+    with open('/proc/mounts') as f:
+        assert str(work) not in f.read()
