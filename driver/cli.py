@@ -84,10 +84,10 @@ def disk_rows(backend, instance) -> list[dict]:
     """An instance's disks as its records say, with what they allocate."""
     rows = []
     for record in backend.records.list(instance.uuid):
-        try:
-            allocated = fileutils.allocated_bytes(record.location)
-        except OSError:
-            allocated = None
+        allocated = None
+        if record.created:
+            allocated = backend.from_metadata(instance,
+                                              record.name).allocated_bytes()
         rows.append({'name': record.name, 'backend': record.backend,
                      'format': record.format, 'state': record.state,
                      'virtual_size': record.virtual_size,
@@ -179,9 +179,10 @@ def cmd_image_list(st, args):
 
 
 def cmd_host_set(st, args):
-    options = {}
-    if args.images_type:
-        options['images_type'] = args.images_type
+    options = {key: getattr(args, key) for key in (
+        'images_type', 'images_volume_group', 'volume_clear',
+        'images_rbd_pool', 'images_rbd_ceph_conf', 'rbd_user', 'thin_pool')
+        if getattr(args, key) is not None}
     if args.use_cow_images is not None:
         options['use_cow_images'] = args.use_cow_images == 'true'
     config = st.set_host_config(args.host, **options)
@@ -445,6 +446,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('host')
     p.add_argument('--images-type', choices=BACKENDS)
     p.add_argument('--use-cow-images', choices=['true', 'false'])
+    p.add_argument('--images-volume-group', metavar='VG',
+                   help='LVM volume group for the lvm backend')
+    p.add_argument('--thin-pool', metavar='LV',
+                   help='an LVM thin pool in that VG (copy-free disks)')
+    p.add_argument('--volume-clear', choices=['none', 'zero', 'shred'],
+                   help='how LVs are wiped on delete')
+    p.add_argument('--images-rbd-pool', metavar='POOL',
+                   help='Ceph pool for the rbd backend')
+    p.add_argument('--images-rbd-ceph-conf', metavar='PATH',
+                   help='ceph.conf of the cluster')
+    p.add_argument('--rbd-user', metavar='USER')
     p.set_defaults(func=cmd_host_set)
     p = hsub.add_parser('list', help='list hosts')
     p.set_defaults(func=cmd_host_list)

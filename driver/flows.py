@@ -36,7 +36,21 @@ def spawn(backend, context: Any, instance, mapping: dict,
     """
     todo = instance_disks.instance_disks(backend, instance, mapping,
                                          block_device_info)
-    return _create_missing(context, todo)
+    return _create_missing(context, _not_recorded(backend, instance, todo))
+
+
+def _not_recorded(backend, instance, todo):
+    """Skip disks whose record says they exist (on whatever backend made
+    them: the host's images_type may have changed since); clear what a
+    creation that died left behind, so the disk is made again."""
+    records = {r.name: r for r in backend.records.list(instance.uuid)}
+    for disk in todo:
+        record = records.get(disk.name)
+        if record is not None and record.created:
+            continue
+        if record is not None:
+            backend.by_name(instance, record.name, record.backend).delete()
+        yield disk
 
 
 def _create_missing(context: Any, todo: Iterable[disks_mod.CreatableDisk],
@@ -267,7 +281,7 @@ def rescue(backend, context: Any, instance, rescue_image_id: str | None = None,
     todo = instance_disks.instance_disks(
         backend, instance, mapping, suffix=RESCUE_SUFFIX,
         image_id=rescue_image_id or instance.image_ref)
-    return _create_missing(context, todo)
+    return _create_missing(context, _not_recorded(backend, instance, todo))
 
 
 def unrescue(backend, instance) -> list[str]:

@@ -26,8 +26,14 @@ from imagebackend import names
 from driver import instance as instance_mod
 
 DEFAULT_STATE_DIR = '/var/tmp/imagebackend'
-HOST_OPTIONS = ('images_type', 'use_cow_images', 'force_raw_images',
-                'preallocate_images')
+# Host settings the CLI keeps per host, and the option group of each.
+HOST_OPTIONS = {
+    'images_type': 'libvirt', 'use_cow_images': None,
+    'force_raw_images': None, 'preallocate_images': None,
+    'images_volume_group': 'libvirt', 'volume_clear': 'libvirt',
+    'images_rbd_pool': 'libvirt', 'images_rbd_ceph_conf': 'libvirt',
+    'rbd_user': 'libvirt', 'thin_pool': 'imagebackend',
+}
 
 
 class State:
@@ -84,8 +90,7 @@ class State:
         if images_type:
             settings['images_type'] = images_type
         for key, value in settings.items():
-            group = 'libvirt' if key == 'images_type' else None
-            conf.set_override(key, value, group=group)
+            conf.set_override(key, value, group=HOST_OPTIONS.get(key))
         conf([])
         return conf
 

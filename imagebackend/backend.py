@@ -28,9 +28,11 @@ BACKENDS = {
     'flat': 'imagebackend.backends.flat:Flat',
     'raw': 'imagebackend.backends.flat:Flat',
     'qcow2': 'imagebackend.backends.qcow2:Qcow2',
+    'lvm': 'imagebackend.backends.lvm:Lvm',
+    'ploop': 'imagebackend.backends.ploop:Ploop',
 }
 # Nova's other types: known names whose backends are not in this release.
-PENDING = ('lvm', 'rbd', 'ploop')
+PENDING = ('rbd',)
 KNOWN_TYPES = tuple(BACKENDS) + PENDING + ('default',)
 
 # The backend a legacy disk.info format implies (Nova wrote only these).
@@ -158,16 +160,24 @@ class Backend:
             raise exception.RecordNotFound(disk_name=name,
                                            instance=instance.uuid)
         fmt = fmt or disk.driver_format
-        info = qemu.info(disk.path, fmt)
-        backing = info.get('full-backing-filename') or info.get(
-            'backing-filename')
+        disk.driver_format = fmt
+        backing = backing_format = None
+        if disk.capabilities.backing_in_cache:
+            # Read once, with its format named, to learn the backing file.
+            info = qemu.info(disk.path, fmt)
+            size = int(info['virtual-size'])
+            backing = info.get('full-backing-filename') or info.get(
+                'backing-filename')
+            backing_format = info.get('backing-filename-format')
+        else:
+            size = disk.get_disk_size(disk.path)
         record = records_mod.DiskRecord(
             instance=instance.uuid, name=name, backend=disk.image_type,
             format=fmt, location=disk.location, source_type='none',
-            source_id=None, virtual_size=int(info['virtual-size']),
+            source_id=None, virtual_size=size,
             state=records_mod.CREATED,
             backing=os.path.basename(backing) if backing else None,
-            backing_format=info.get('backing-filename-format'),
+            backing_format=backing_format,
             provenance={'path': 'adopted', 'from': how})
         self.records.put(record)
         return record

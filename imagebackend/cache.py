@@ -193,6 +193,7 @@ class ImageCache:
         if declared in ('ami', 'aki', 'ari'):
             declared = 'raw'  # Amazon-style images are raw kernels/disks
         if self.conf.workarounds.disable_deep_image_inspection:
+            declared = formats.qemu_format(declared)  # ploop -> parallels
             info = qemu.info(path, declared, **self._limits())
             return declared, int(info['virtual-size'])
         found = formats.inspect(

@@ -3,13 +3,19 @@
 Inspection is a safety check on a *declared* format, never the source of
 truth: the declared format must be what the bytes are, and the bytes must
 not reference anything outside themselves.
+
+oslo's format_inspector knows no Parallels/ploop image, so that one format
+(Glance's ``ploop``, qemu's ``parallels``) is recognised here by its header
+(:func:`parallels_header`).
 """
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import os
 import struct
+import sys
 
 from oslo_utils.imageutils import format_inspector
 
@@ -18,6 +24,9 @@ from imagebackend import exception
 # Formats whose content is a plain block device image as far as the guest
 # is concerned (Nova treats iso as raw after inspection).
 RAW_LIKE = {'raw', 'iso'}
+
+# Declared (Glance) format names that qemu-img calls something else.
+QEMU_NAMES = {'ploop': 'parallels'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +40,9 @@ def detect(path: str, *, image_id: str = '?',
                                                   'monolithicSparse'),
            check_safety: bool = True) -> Inspection:
     """What the bytes of ``path`` are, refusing anything unsafe."""
+    header = read_parallels_header(path)
+    if header is not None:
+        return _inspect_parallels(path, header, image_id, check_safety)
     try:
         detected = format_inspector.detect_file_format(path)
     except format_inspector.ImageFormatError as e:
@@ -85,8 +97,145 @@ def inspect(path: str, declared: str, *, image_id: str = '?',
 
 
 def cache_format(name: str) -> str:
-    """The format a cache entry of inspected format ``name`` is used as."""
-    return 'raw' if name in RAW_LIKE or name == 'gpt' else name
+    """The format a cache entry of inspected format ``name`` is used as
+    (qemu-img's name for it)."""
+    return 'raw' if name in RAW_LIKE or name == 'gpt' else qemu_format(name)
+
+
+def qemu_format(declared: str) -> str:
+    """qemu-img's name for a declared format (``ploop`` -> ``parallels``)."""
+    return QEMU_NAMES.get(declared, declared)
+
+
+# -- Parallels / ploop ----------------------------------------------------------
+#
+# The header (QEMU docs/interop/parallels.rst; ploop's include/ploop1_image.h),
+# 64 bytes, little endian:
+#    0  magic[16]     'WithoutFreeSpace' (v1) or 'WithouFreSpacExt' (v2)
+#   16  version u32   2
+#   20  heads u32     24  cylinders u32
+#   28  tracks u32    the cluster size in 512-byte sectors (2048: 1 MiB)
+#   32  bat_entries u32
+#   36  nb_sectors u64  the virtual size in sectors (v1: low 32 bits only)
+#   44  inuse u32     0x746F6E59 while an image is open for writing
+#   48  data_off u32  first data sector (0: right after the BAT)
+#   52  flags u32     bit 0: empty image (no cluster allocated)
+#   56  ext_off u64   v2 format-extension cluster (0: none)
+# followed by the BAT: ``bat_entries`` u32 offsets of the data clusters,
+# in sectors (v1) or in clusters (v2); 0 = not allocated (reads as zeros).
+# A parallels image has no backing file and refers to nothing outside
+# itself; what can be wrong with one is a header that does not describe it.
+
+PARALLELS_MAGICS = {b'WithoutFreeSpace': 1, b'WithouFreSpacExt': 2}
+PARALLELS_INUSE = 0x746F6E59
+PARALLELS_EMPTY = 0x1
+_PARALLELS = struct.Struct('<16sIIIIIQIIIQ')
+PARALLELS_HEADER_SIZE = _PARALLELS.size  # 64
+PARALLELS_FLAGS_OFFSET = 52
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelsHeader:
+    magic: bytes
+    version: int
+    heads: int
+    cylinders: int
+    cluster_sectors: int
+    bat_entries: int
+    nb_sectors: int
+    inuse: int
+    data_off: int
+    flags: int
+    ext_off: int
+
+    @property
+    def magic_version(self) -> int:
+        """1 for ``WithoutFreeSpace``, 2 for ``WithouFreSpacExt``."""
+        return PARALLELS_MAGICS[self.magic]
+
+    @property
+    def virtual_size(self) -> int:
+        return self.nb_sectors * 512
+
+    @property
+    def cluster_size(self) -> int:
+        return self.cluster_sectors * 512
+
+    @property
+    def data_offset(self) -> int:
+        """Byte offset of the first data cluster."""
+        if self.data_off:
+            return self.data_off * 512
+        return PARALLELS_HEADER_SIZE + 4 * self.bat_entries
+
+    def cluster_offset(self, entry: int) -> int:
+        """Byte offset of the data cluster a BAT entry points at."""
+        unit = 512 if self.magic_version == 1 else self.cluster_size
+        return entry * unit
+
+
+def parallels_header(data: bytes) -> ParallelsHeader | None:
+    """The header at the start of ``data``, or None if it is not one."""
+    if len(data) < PARALLELS_HEADER_SIZE or \
+            bytes(data[:16]) not in PARALLELS_MAGICS:
+        return None
+    fields = list(_PARALLELS.unpack_from(data))
+    if fields[0] == b'WithoutFreeSpace':
+        fields[6] &= 0xffffffff  # v1: a 32-bit size, then an unused word
+    return ParallelsHeader(*fields)
+
+
+def read_parallels_header(path: str) -> ParallelsHeader | None:
+    with open(path, 'rb') as f:
+        return parallels_header(f.read(PARALLELS_HEADER_SIZE))
+
+
+def read_parallels_bat(path: str, header: ParallelsHeader) -> array.array:
+    """The BAT entries (u32) of a parallels image."""
+    bat = array.array('I')
+    with open(path, 'rb') as f:
+        f.seek(PARALLELS_HEADER_SIZE)
+        data = f.read(4 * header.bat_entries)
+    if len(data) != 4 * header.bat_entries:
+        raise ValueError('the BAT lies past the end of the file')
+    bat.frombytes(data)
+    if sys.byteorder != 'little':
+        bat.byteswap()
+    return bat
+
+
+def _inspect_parallels(path: str, header: ParallelsHeader, image_id: str,
+                       check_safety: bool) -> Inspection:
+    """Refuse a parallels image whose header does not describe it.
+
+    Checked: a version-2 header, a non-zero size and cluster size, a BAT
+    covering the whole disk and ending before the data; with
+    ``check_safety``, every allocated cluster inside the file (a
+    truncated download would otherwise read as zeros, as for qcow2).
+    """
+    def bad(reason):
+        return _refuse(image_id, f'parallels image: {reason}')
+
+    if header.version != 2:
+        raise bad(f'unknown header version {header.version}')
+    if not header.nb_sectors or not header.cluster_sectors:
+        raise bad('zero virtual size or cluster size')
+    if header.bat_entries * header.cluster_sectors < header.nb_sectors:
+        raise bad('the BAT does not cover the virtual size')
+    if PARALLELS_HEADER_SIZE + 4 * header.bat_entries > header.data_offset:
+        raise bad('the BAT overlaps the data')
+    if check_safety:
+        end = os.path.getsize(path)
+        try:
+            bat = read_parallels_bat(path, header)
+        except ValueError as e:
+            raise bad(str(e))
+        for index, entry in enumerate(bat):
+            if entry and header.cluster_offset(entry) + \
+                    header.cluster_size > end:
+                raise bad(f'cluster {index} lies past the end of the file '
+                          f'({end} bytes): truncated or corrupt')
+    return Inspection(format='ploop', virtual_size=header.virtual_size)
 
 
 def _check_qcow2_tables(path: str, image_id: str) -> None:

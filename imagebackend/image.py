@@ -24,6 +24,7 @@ import threading
 from typing import Any, Callable, ClassVar, Iterator
 
 from imagebackend import exception
+from imagebackend import fileutils
 from imagebackend import libvirt_config
 from imagebackend import names
 from imagebackend import processes
@@ -258,6 +259,13 @@ class Image(abc.ABC):
         if self.exists():
             raise exception.DiskExists(location=self.location)
         uuid = self.instance_uuid
+        # A disk of that name made elsewhere (another backend: the host's
+        # images_type changed since) is not to be shadowed by a new one.
+        known = self.records.get(uuid, self.disk_name)
+        if known is not None and known.created and (
+                known.backend != self.image_type or
+                known.location != self.location):
+            raise exception.DiskExists(location=known.location)
         record = records_mod.DiskRecord(
             instance=uuid, name=self.disk_name, backend=self.image_type,
             format=self.driver_format, location=self.location,
@@ -317,6 +325,14 @@ class Image(abc.ABC):
         if self.disk_name is not None and self.instance is not None:
             self.records.delete(self.instance_uuid, self.disk_name)
         self._record = None
+
+    def allocated_bytes(self) -> int | None:
+        """Bytes the disk takes on its storage (files: what ``du`` says;
+        other backends ask their storage). None if it cannot be told."""
+        try:
+            return fileutils.allocated_bytes(self.path)
+        except OSError:
+            return None
 
     def send_to(self, transport, host: str, progress=None) -> None:
         """Copy this disk's data to the same place on ``host`` (cold

@@ -351,3 +351,18 @@ def test_destination_without_record_is_refused(hosts):
     with pytest.raises(exception.RecordNotFound):
         flows.finish_migration(hosts.backend('b'), None, instance, mapping,
                                BDI, source_host='a')
+
+
+def test_spawn_again_after_images_type_changed(hosts):
+    # Nova's bug: with a new images_type, re-running _create_image made NEW
+    # empty disks for an existing instance. The records say what exists.
+    hosts.add_image('img')
+    instance = new_instance()
+    a, mapping, _ = spawn_on_a(hosts, 'qcow2', instance)
+    before = {r.name: (r.backend, r.location)
+              for r in a.records.list(instance.uuid)}
+    hosts.confs['a'].set_override('images_type', 'flat', group='libvirt')
+    b = hosts.backend('a')
+    assert flows.spawn(b, None, instance, mapping, BDI) == []
+    assert {r.name: (r.backend, r.location)
+            for r in b.records.list(instance.uuid)} == before

@@ -226,13 +226,15 @@ def test_existing_disk_without_record_backend_is_host_type(host, instance):
         assert backend.from_metadata(instance, 'disk').image_type == 'flat'
 
 
-def test_pending_record_backend_is_unavailable(fx, backend, instance):
+def test_record_backend_gives_its_capabilities(fx, backend, instance):
+    # A record naming lvm on a qcow2 host: the fake is an Lvm disk, with the
+    # real class's capabilities (block device, no cache dependency).
     fx.set_backend('disk', 'lvm')
     backend.by_name(instance, 'disk').create_from_image(None, 'img')
-    with pytest.raises(exception.BackendUnavailable):
-        backend.from_metadata(instance, 'disk')
-    with pytest.raises(exception.BackendUnavailable):
-        backend.by_name(instance, 'disk', image_type='lvm')
+    disk = backend.from_metadata(instance, 'disk')
+    assert disk.image_type == 'lvm'
+    assert disk.capabilities.block_device
+    assert not disk.capabilities.backing_in_cache
 
 
 @pytest.mark.parametrize('use_cow, image_type, expected', [
