@@ -31,10 +31,13 @@ def migrate_disks(backend, instance, mapping: dict, dest_host: str,
         if not record.created or record.name.endswith('.rescue'):
             continue
         wanted = described.get(record.name)
-        if wanted is not None and wanted.disposable:
-            continue
         disk = backend.from_metadata(instance, record.name)
-        if not disk.capabilities.shared_storage:
+        shared = disk.capabilities.shared_storage
+        # A disposable disk (swap) is recreated on the destination, unless
+        # it is on shared storage: then it is already there, record and all.
+        if wanted is not None and wanted.disposable and not shared:
+            continue
+        if not shared:
             disk.send_to(transport, dest_host,
                          progress=progress(record.name) if progress else None)
             copied.append(record.name)

@@ -30,9 +30,10 @@ BACKENDS = {
     'qcow2': 'imagebackend.backends.qcow2:Qcow2',
     'lvm': 'imagebackend.backends.lvm:Lvm',
     'ploop': 'imagebackend.backends.ploop:Ploop',
+    'rbd': 'imagebackend.backends.rbd:Rbd',
 }
 # Nova's other types: known names whose backends are not in this release.
-PENDING = ('rbd',)
+PENDING = ()
 KNOWN_TYPES = tuple(BACKENDS) + PENDING + ('default',)
 
 # The backend a legacy disk.info format implies (Nova wrote only these).

@@ -20,7 +20,6 @@ import fixtures
 from imagebackend import backend as backend_mod
 from imagebackend import exception
 from imagebackend import image as image_mod
-from imagebackend import libvirt_config
 from imagebackend import names
 from imagebackend import records as records_mod
 

@@ -467,7 +467,6 @@ def test_failed_grow_changes_nothing(backend, image, monkeypatch, tmp_path):
     image_id, _p, _f = image('raw')
     disk = new_disk(backend)
     disk.create_from_image(None, image_id)
-    before = fileutils.sha256_file(disk.data_path)
     _wrap_tool(monkeypatch, tmp_path, 'ploop', 'grow')
     with pytest.raises(exception.ProcessError):
         disk.resize_image(128 * MiB)

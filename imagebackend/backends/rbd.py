@@ -1,0 +1,972 @@
+"""Rbd: each disk is an RBD image ``<instance uuid>_<disk name>`` in Ceph.
+
+Disks live in ``[libvirt] images_rbd_pool`` of the cluster that
+``[libvirt] images_rbd_ceph_conf`` names, reached as ``[libvirt] rbd_user``
+(connections time out after ``rbd_connect_timeout`` s). Every host using
+that pool sees the same disks: the storage is shared, so cold migration
+copies nothing (``send_to`` has nothing to send), live migration prepares
+nothing, and ``is_shared_block_storage()`` is true. The disk's record (in
+the instance directory, travelling with it as ``disks.json``) says where
+it lives; a host whose pool option differs still finds it there.
+
+Native path, root from an image. The image lives in the pool once, as a
+*pool base*: an RBD image named like the image's cache entry (the sha1 of
+its id, never clashing with ``<uuid>_<disk>`` names) holding a protected
+snapshot ``snap`` (Glance's convention). Each disk is a copy-on-write librbd
+clone of ``<pool>/<base>@snap``, then resized if it is to be bigger:
+no download, no import, **no subprocess** per disk once the base exists.
+Which parent is used, in this order, is recorded in the disk's provenance
+(``how``, ``why``, ``parent``):
+
+1. ``clone-of-pool-base``: the pool base exists (made by an earlier disk,
+   on this or any host using the pool).
+2. ``clone-from-location``: the image source lists an
+   ``rbd://<fsid>/<pool>/<image>/<snap>`` location in this cluster (fsid
+   match), the image is declared raw (or iso), and the snapshot is readable:
+   the disk is cloned from Glance's copy directly, nothing is fetched.
+3. ``import``: otherwise the image is fetched into the local cache (which
+   converts it to raw with ``force_raw_images``; if it is still not raw,
+   ``qemu-img convert`` makes a raw temporary copy first) and imported once,
+   under the cache's lock for the entry, with one command:
+   ``rbd import --no-progress --image-format 2 --dest-pool <pool> [--id
+   <user>] [--conf <conf>] <cache file> <base>.part-<random>``; the
+   snapshot is created and protected, metadata (source, sha256, format) set,
+   and only then is the image renamed to ``<base>``: a pool base that exists
+   is always complete, a second host racing to import the same image loses
+   the rename and uses the winner's. Then the disk is cloned as in 1.
+   (``--dest-pool`` is today's spelling of Nova's deprecated ``--pool``.)
+
+Native path, ephemeral and swap (``create_from_func``): the template is made
+once locally in the image cache (``ensure_template``), imported once as the
+pool base named by its cache name, and cloned per disk, as above.
+
+Per disk, once the base is in the pool: 0 commands. librbd/librados calls,
+in-process: one connection (plus one for the record keeping's existence
+check), open of the disk's name (must not exist), open of the base
+(read-only, at ``snap``) with its metadata, ``clone``, ``resize`` when
+bigger, ``get_fsid``. The first disk of an image adds the fetch into the
+local cache (0 commands for a raw image, one ``qemu-img convert`` for
+another format) and one ``rbd import`` (+ snapshot create/protect, metadata,
+rename through librbd); a clone from a location adds only the image
+source's ``get_meta`` and an open of the location's snapshot.
+
+Legacy path (Nova's ``Rbd.create_image``, used by ``cache()`` and so by the
+shim): if the RBD image does not exist, the template is prepared in
+``_base`` and ``rbd import``-ed as the disk itself (a full copy, no clone),
+its size verified and grown. ``cache()`` records it like any other disk.
+
+Everything else a Ceph disk needs lives here, not in the driver: ``exists``
+and sizes through librbd; ``resize_image`` through librbd (grow only);
+``remove_disk`` removes the image and its snapshots, idempotently;
+``libvirt_info`` renders a network ``<disk>`` (protocol rbd, monitors from
+the cluster's monmap, read in-process, ``<auth>``/``<secret type='ceph'>``
+from ``rbd_user``/``rbd_secret_uuid``); and Nova's hooks ``create_snap``,
+``remove_snap``, ``rollback_to_snap`` (the ``nova-resize`` snapshot the
+migration flows keep), ``clone``, ``flatten``, ``direct_snapshot``,
+``cleanup_direct_snapshot`` and ``import_file``.
+
+``snapshot_extract`` runs ``qemu-img convert -f raw -O <fmt> rbd:<pool>/
+<name>[:id=..][:conf=..] <target>`` when qemu-img has the rbd block driver.
+Debian ships that driver in a separate package (``qemu-block-extra``); when
+qemu-img answers ``Unknown protocol 'rbd'`` (remembered for the process),
+the disk is exported through librbd instead: its allocated extents are read
+into a sparse raw file next to the target, which is the result for raw or
+is converted by ``qemu-img convert -f raw``.
+
+Creation is all-or-nothing: the disk's record is ``creating`` until the
+clone (and resize) are done; on failure the RBD image is removed with its
+record, and a half-imported pool base (``<base>.part-*``) is removed too.
+
+The record's ``backing`` stays empty: that field names a cache entry on a
+host, and an Rbd disk needs none (the local copy used for an import may be
+aged out by the cache manager). The parent snapshot is in the provenance.
+Pool bases are not removed here when their last clone goes (Ceph refuses
+while clones exist); like ``_base`` files they outlive their disks.
+``<auth>`` is written only with ``rbd_secret_uuid`` (username from
+``rbd_user``): Nova also set the secret type for ``rbd_user`` alone, but
+libvirt cannot authenticate without a secret's uuid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+import uuid as uuid_mod
+from typing import Any, Callable, ClassVar, Iterator
+
+from imagebackend import exception
+from imagebackend import fileutils
+from imagebackend import formats
+from imagebackend import image
+from imagebackend import libvirt_config
+from imagebackend import names
+from imagebackend import processes
+from imagebackend import qemu
+from imagebackend import revert
+
+try:  # Debian's python3-rados / python3-rbd (real-backends.md section 4)
+    import rados
+    import rbd as librbd
+except ImportError:  # pragma: no cover - checked when a disk is used
+    rados = librbd = None
+
+LOG = logging.getLogger(__name__)
+
+# Glance's rbd store name for the protected snapshot of an image; pool bases
+# use it too, so a base and a Glance image look alike.
+BASE_SNAP = 'snap'
+# RBD image metadata keys on pool bases.
+META_SOURCE = 'imagebackend.source'        # 'image:<id>' | 'func:<name>'
+META_SHA256 = 'imagebackend.sha256'
+META_FORMAT = 'imagebackend.source_format'
+PART_INFIX = '.part-'
+# Removing an image some client still watches (a VM, or a client killed
+# before its watch expired) fails with "busy" for a while (Nova: 12 x 5 s).
+REMOVE_RETRIES = 30
+REMOVE_RETRY_INTERVAL = 1.0
+READ_CHUNK = 4 * 1024 * 1024
+
+
+class RbdError(exception.ImageBackendError):
+    """A Ceph call failed."""
+
+    msg_fmt = "Ceph: %(operation)s of %(target)s failed: %(reason)s"
+
+
+@dataclasses.dataclass
+class Parent:
+    """The snapshot a disk is cloned from, and why it is that one."""
+
+    pool: str
+    image: str
+    snap: str
+    size: int
+    how: str
+    why: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        return f'{self.pool}/{self.image}@{self.snap}'
+
+
+def parse_location(url: str) -> tuple[str, str, str, str]:
+    """``rbd://<fsid>/<pool>/<image>/<snap>`` -> (fsid, pool, image, snap)."""
+    prefix = 'rbd://'
+    if not isinstance(url, str) or not url.startswith(prefix):
+        raise exception.InvalidInput(reason=f'{url!r} is not an rbd:// URL')
+    pieces = [p for p in url[len(prefix):].split('/')]
+    if len(pieces) != 4 or not all(pieces):
+        raise exception.InvalidInput(
+            reason=f'{url!r} is not rbd://<fsid>/<pool>/<image>/<snap>')
+    return tuple(pieces)  # type: ignore[return-value]
+
+
+def parse_path(path: str) -> tuple[str, str]:
+    """A libvirt/qemu RBD path -> (pool, image name).
+
+    Accepts ``rbd:<pool>/<name>[:opt=..]...`` (this backend's ``path``) and
+    ``<pool>/<name>`` (the ``name`` of a network ``<source>``).
+    """
+    if not isinstance(path, str):
+        raise exception.InvalidInput(reason=f'{path!r} is not an RBD path')
+    spec = path[4:] if path.startswith('rbd:') else path
+    spec = spec.split(':', 1)[0]
+    pool, sep, name = spec.partition('/')
+    if not sep or not pool or not name or '/' in name or '@' in name:
+        raise exception.InvalidInput(
+            reason=f'{path!r} is not an RBD path (rbd:<pool>/<name>)')
+    return pool, name
+
+
+def _require_bindings() -> None:
+    if librbd is None or rados is None:
+        raise exception.BackendUnavailable(
+            image_type='rbd', reason='the python3-rados/python3-rbd '
+            'bindings are not importable')
+
+
+class _Connection:
+    """One RADOS connection with its I/O contexts, for a block of calls."""
+
+    def __init__(self, client):
+        self.client = client
+        self._ioctxs: dict[str, Any] = {}
+        self._fsid: str | None = None
+
+    def ioctx(self, pool: str):
+        if pool not in self._ioctxs:
+            try:
+                self._ioctxs[pool] = self.client.open_ioctx(pool)
+            except rados.ObjectNotFound:
+                raise exception.BackendUnavailable(
+                    image_type='rbd', reason=f'pool {pool!r} does not exist')
+        return self._ioctxs[pool]
+
+    @property
+    def fsid(self) -> str:
+        if self._fsid is None:
+            self._fsid = self.client.get_fsid()
+        return self._fsid
+
+    def close(self) -> None:
+        for ioctx in self._ioctxs.values():
+            with contextlib.suppress(Exception):
+                ioctx.close()
+        self._ioctxs.clear()
+        self.client.shutdown()
+
+
+class Rbd(image.Image):
+    """A disk that is an RBD image (a clone of a pool base, or a copy)."""
+
+    image_type = 'rbd'
+    capabilities = image.Capabilities(shared_storage=True,
+                                      file_in_instance_path=False,
+                                      backing_in_cache=False,
+                                      clone=True, native_create=True)
+    SUPPORTS_CLONE = True
+    # None: not known yet whether qemu-img can open rbd: paths here.
+    _qemu_has_rbd: ClassVar[bool | None] = None
+
+    def __init__(self, instance=None, disk_name=None, path=None,
+                 disk_info_mapping=None, *, backend, record=None):
+        super().__init__(instance, disk_name, path, disk_info_mapping,
+                         backend=backend, source_type='network',
+                         driver_format='raw', record=record)
+        libvirt = self.conf.libvirt
+        self.ceph_conf = libvirt.images_rbd_ceph_conf or ''
+        self.rbd_user = libvirt.rbd_user or None
+        self.connect_timeout = libvirt.rbd_connect_timeout
+        # What the legacy path did, for the record cache() writes.
+        self._legacy_how: dict[str, Any] | None = None
+        if path is not None:
+            pool, name = parse_path(path)
+            if disk_name is None and instance is not None:
+                prefix = f'{self.instance_uuid}_'
+                if name.startswith(prefix):
+                    self.disk_name = names.check_disk_name(
+                        name[len(prefix):])
+        else:
+            if instance is None or disk_name is None:
+                raise exception.InvalidInput(
+                    reason='a disk needs an instance and a name, or a path')
+            pool = libvirt.images_rbd_pool
+            name = f'{self.instance_uuid}_{disk_name}'
+            record = self.record
+            if record is not None and record.backend == self.image_type:
+                # The disk is where its record says (another host's pool
+                # option may differ), not where this host would put it.
+                pool, name = parse_path(record.location)
+        if not pool:
+            raise exception.InvalidInput(
+                reason='[libvirt] images_rbd_pool must not be empty')
+        self.pool = pool
+        self.rbd_name = name
+        self.path = self._rbd_path(pool, name)
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return f'{self.pool}/{self.rbd_name}'
+
+    def _rbd_path(self, pool: str, name: str) -> str:
+        """Nova's path string (qemu's rbd: filename syntax)."""
+        path = f'rbd:{pool}/{name}'
+        if self.rbd_user:
+            path += f':id={self.rbd_user}'
+        if self.ceph_conf:
+            path += f':conf={self.ceph_conf}'
+        return path
+
+    def _cli_args(self) -> list[str]:
+        args = []
+        if self.rbd_user:
+            args += ['--id', self.rbd_user]
+        if self.ceph_conf:
+            args += ['--conf', self.ceph_conf]
+        return args
+
+    # -- the cluster ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[_Connection]:
+        _require_bindings()
+        try:
+            client = rados.Rados(rados_id=self.rbd_user,
+                                 conffile=self.ceph_conf or None)
+        except rados.Error as e:
+            raise exception.BackendUnavailable(
+                image_type='rbd',
+                reason=f'cannot read Ceph config {self.ceph_conf!r}: {e}')
+        try:
+            # connect(timeout=) alone does not bound the wait for monitors
+            # (librados 16 waits client_mount_timeout, 300 s); this does.
+            client.conf_set('client_mount_timeout', str(self.connect_timeout))
+            client.connect(timeout=self.connect_timeout)
+        except rados.Error as e:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            raise exception.BackendUnavailable(
+                image_type='rbd', reason=f'cannot connect to Ceph (config '
+                f'{self.ceph_conf or "default"}, user '
+                f'{self.rbd_user or "admin"}): {e}')
+        conn = _Connection(client)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _open(self, conn: _Connection, read_only: bool = False):
+        """This disk's RBD image, open; DiskNotFound if it is not there."""
+        try:
+            img = librbd.Image(conn.ioctx(self.pool), self.rbd_name,
+                               read_only=read_only)
+        except librbd.ImageNotFound:
+            raise exception.DiskNotFound(location=self.location)
+        with img:
+            yield img
+
+    @staticmethod
+    def _image_exists(ioctx, name: str) -> bool:
+        try:
+            librbd.Image(ioctx, name, read_only=True).close()
+            return True
+        except librbd.ImageNotFound:
+            return False
+
+    def exists(self) -> bool:
+        with self._connect() as conn:
+            return self._image_exists(conn.ioctx(self.pool), self.rbd_name)
+
+    # -- the new interface ----------------------------------------------------
+
+    def create_from_image(self, context: Any, image_id: str,
+                          size: int | None = None,
+                          fallback: str | None = None) -> None:
+        base = names.image_cache_name(image_id)
+        with self._connect() as conn:
+            self._refuse_existing(conn)
+            parent = self._pool_base(conn, base, f'image:{image_id}')
+            if parent is None:
+                parent, why_not = self._location_parent(conn, context,
+                                                        image_id)
+                if parent is None:
+                    parent = self._import_base(
+                        conn, base, f'image:{image_id}', size, why_not,
+                        lambda: self.image_cache.fetch_image(
+                            context, image_id, fallback))
+            self._clone_disk(conn, 'image', image_id, parent, size)
+
+    def create_from_func(self, context: Any, func: Callable[[str], None],
+                         cache_name: str, size: int | None = None,
+                         fallback: str | None = None) -> None:
+        names.check_cache_name(cache_name)
+        with self._connect() as conn:
+            self._refuse_existing(conn)
+            parent = self._pool_base(conn, cache_name, f'func:{cache_name}')
+            if parent is None:
+                parent = self._import_base(
+                    conn, cache_name, f'func:{cache_name}', size,
+                    'the template is not in the pool yet',
+                    lambda: self.image_cache.ensure_template(
+                        cache_name, func, fallback))
+            self._clone_disk(conn, 'func', cache_name, parent, size)
+
+    def _refuse_existing(self, conn: _Connection) -> None:
+        # Before any import: creating an existing disk is an error anyway.
+        if self._image_exists(conn.ioctx(self.pool), self.rbd_name):
+            raise exception.DiskExists(location=self.location)
+
+    def check_backing_from_image(self, context, image_id, fallback=None):
+        # A clone's parent is in the pool for as long as the clone is (Ceph
+        # refuses to remove it): nothing on any host to restore.
+        self._require_disk()
+
+    def check_backing_from_func(self, context, func, cache_name,
+                                fallback=None):
+        names.check_cache_name(cache_name)
+        self._require_disk()
+
+    def _require_disk(self) -> None:
+        if not self.exists():
+            raise exception.DiskNotFound(location=self.location)
+
+    # -- pool bases -----------------------------------------------------------
+
+    def _pool_base(self, conn: _Connection, base: str,
+                   source: str) -> Parent | None:
+        """The complete pool base ``base`` (with its snapshot), or None."""
+        ioctx = conn.ioctx(self.pool)
+        try:
+            img = librbd.Image(ioctx, base, snapshot=BASE_SNAP,
+                               read_only=True)
+        except librbd.ImageNotFound:
+            return None
+        with img:
+            size = img.size()
+            meta = dict(img.metadata_list())
+        if meta.get(META_SOURCE, source) != source:
+            raise RbdError(operation='use of pool base',
+                           target=f'{self.pool}/{base}',
+                           reason=f'it holds {meta[META_SOURCE]}, not '
+                                  f'{source}')
+        extra = {}
+        if META_SHA256 in meta:
+            extra['source_sha256'] = meta[META_SHA256]
+        return Parent(self.pool, base, BASE_SNAP, size,
+                      how='clone-of-pool-base',
+                      why='the pool already holds it as '
+                          f'{self.pool}/{base}@{BASE_SNAP}', extra=extra)
+
+    def _location_parent(self, conn: _Connection, context: Any,
+                         image_id: str) -> tuple[Parent | None, str]:
+        """A readable rbd:// location of the image in this cluster, or
+        (None, why none can be used)."""
+        source = self.image_cache.source
+        if source is None:
+            return None, 'there is no image source to ask for locations'
+        try:
+            meta = source.get_meta(context, image_id)
+        except exception.ImageNotFound:
+            return None, 'the image source does not know the image'
+        urls = [u for u in meta.locations
+                if isinstance(u, str) and u.startswith('rbd://')]
+        if not urls:
+            return None, 'the image source lists no rbd:// location'
+        if meta.disk_format not in formats.RAW_LIKE:
+            return None, (f'the image is {meta.disk_format}, not raw: its '
+                          'rbd:// location cannot be cloned as a disk')
+        reasons = []
+        for url in urls:
+            try:
+                parent = self._parent_at(conn, url)
+            except (exception.ImageBackendError, rados.Error,
+                    librbd.Error) as e:
+                reasons.append(f'{url}: {e}')
+                continue
+            parent.why = f'the image source has it in this cluster at {url}'
+            return parent, ''
+        return None, '; '.join(reasons)
+
+    def _parent_at(self, conn: _Connection, url: str) -> Parent:
+        fsid, pool, name, snap = parse_location(url)
+        if fsid != conn.fsid:
+            raise exception.ImageUnacceptable(
+                image_id=url, reason=f'another cluster (this one is '
+                f'{conn.fsid})')
+        try:
+            img = librbd.Image(conn.ioctx(pool), name, snapshot=snap,
+                               read_only=True)
+        except librbd.ImageNotFound:
+            raise exception.ImageUnacceptable(
+                image_id=url, reason='no such image or snapshot')
+        with img:
+            size = img.size()
+        return Parent(pool, name, snap, size, how='clone-from-location',
+                      why='', extra={'location': url})
+
+    def _import_base(self, conn: _Connection, base: str, source: str,
+                     size: int | None, why_not_cloned: str,
+                     get_entry: Callable[[], Any]) -> Parent:
+        """Import a cache entry once as the pool base ``base``."""
+        entry = get_entry()   # fetched/made under the cache's own lock
+        self._check_size(size, entry.virtual_size)
+        with self.image_cache.lock(base):
+            found = self._pool_base(conn, base, source)
+            if found is not None:
+                found.why = 'imported meanwhile by another disk'
+                return found
+            ioctx = conn.ioctx(self.pool)
+            part = f'{base}{PART_INFIX}{uuid_mod.uuid4().hex[:8]}'
+            with revert.Reverter() as undo:
+                undo.add(lambda: self._remove_image(conn, self.pool, part))
+                converted = self._import_file(entry.path, entry.format, part)
+                try:
+                    with librbd.Image(ioctx, part) as img:
+                        img.metadata_set(META_SOURCE, source)
+                        img.metadata_set(META_SHA256, entry.sha256)
+                        img.metadata_set(META_FORMAT, entry.format)
+                        img.create_snap(BASE_SNAP)
+                        img.protect_snap(BASE_SNAP)
+                        imported_size = img.size()
+                    librbd.RBD().rename(ioctx, part, base)
+                except librbd.ImageExists:
+                    # A host using the same pool with other lock files won.
+                    self._remove_image(conn, self.pool, part)
+                    found = self._pool_base(conn, base, source)
+                    if found is None:
+                        raise RbdError(operation='import', target=base,
+                                       reason='an image of that name '
+                                       'exists without its snapshot')
+                    found.why = 'imported meanwhile by another host'
+                    return found
+                except (rados.Error, librbd.Error) as e:
+                    raise RbdError(operation='import', target=base,
+                                   reason=str(e))
+        why = why_not_cloned or 'not in the pool yet'
+        if converted:
+            why += f'; the cached copy is {entry.format}: converted to raw'
+        extra = {'source_sha256': entry.sha256, 'imported': entry.name}
+        return Parent(self.pool, base, BASE_SNAP, imported_size,
+                      how='import', why=why, extra=extra)
+
+    def _import_file(self, local: str, fmt: str, name: str) -> bool:
+        """``rbd import`` a local file as RBD image ``name`` (raw bytes).
+
+        A file that is not raw is converted to a raw temporary first, so the
+        guest never sees another format's bytes. Returns whether it was.
+        """
+        if fmt == 'raw':
+            processes.execute('rbd', 'import', '--no-progress',
+                              '--image-format', '2', '--dest-pool',
+                              self.pool, *self._cli_args(), local, name)
+            return False
+        tmp = f'{local}.raw{names.PART_SUFFIX}'
+        try:
+            qemu.convert(local, formats.qemu_format(fmt), tmp, 'raw')
+            self._import_file(tmp, 'raw', name)
+        finally:
+            fileutils.remove_path(tmp)
+        return True
+
+    def _clone_disk(self, conn: _Connection, source_type: str,
+                    source_id: str, parent: Parent, size: int | None) -> None:
+        self._check_size(size, parent.size)
+        with self._creating(source_type, source_id, 'native') as facts:
+            ioctx = conn.ioctx(self.pool)
+            try:
+                librbd.RBD().clone(conn.ioctx(parent.pool), parent.image,
+                                   parent.snap, ioctx, self.rbd_name)
+                final = parent.size
+                if size and size > final:
+                    with librbd.Image(ioctx, self.rbd_name) as img:
+                        img.resize(size)
+                    final = size
+            except (rados.Error, librbd.Error) as e:
+                raise RbdError(operation='clone', target=parent.spec,
+                               reason=str(e))
+            facts.update(format='raw', virtual_size=final, provenance={
+                'how': parent.how, 'why': parent.why,
+                'parent': parent.spec, 'cluster': conn.fsid,
+                **parent.extra})
+
+    # -- legacy (Nova's Rbd.create_image) -------------------------------------
+
+    def create_image(self, prepare_template, base, size, safe=False, *args,
+                     **kwargs):
+        self._legacy_how = None
+        if not self.exists():
+            prepare_template(target=base, *args, **kwargs)
+        # prepare_template may have cloned the disk already (Nova's
+        # clone_fallback_to_fetch calls clone()); else import the template.
+        if not self.exists():
+            entry = self.image_cache.get(os.path.basename(base))
+            if entry is not None:
+                fmt = entry.format
+                self.image_cache.touch(entry)
+            else:
+                fmt = formats.cache_format(formats.detect(base).format)
+            converted = self._import_file(base, fmt, self.rbd_name)
+            why = ("Nova's create_image: the cached template is imported "
+                   'as the disk')
+            if converted:
+                why += f' (converted from {fmt} to raw first)'
+            self._legacy_how = {'how': 'import', 'why': why,
+                                'imported': os.path.basename(base)}
+        self.verify_base_size(base, size)
+        if size and size > self.get_disk_size(self.path):
+            self.resize_image(size)
+
+    def _legacy_facts(self, base: str) -> dict[str, Any]:
+        facts = super()._legacy_facts(base)
+        if self._legacy_how:
+            facts['provenance'] = dict(self._legacy_how)
+        return facts
+
+    # -- size -----------------------------------------------------------------
+
+    def get_disk_size(self, name: str) -> int:
+        """Nova's semantics: the size of this disk's RBD image, whatever
+        ``name`` is."""
+        with self._connect() as conn, self._open(conn, read_only=True) as img:
+            return img.size()
+
+    def _grow(self, size: int) -> None:
+        with self._connect() as conn, self._open(conn) as img:
+            img.resize(size)
+
+    def allocated_bytes(self) -> int | None:
+        """Bytes this disk itself allocates in the pool (``rbd du``'s USED,
+        in whole RADOS objects; a clone's parent is not counted). None if
+        it cannot be told (no such image, cluster unreachable)."""
+        total = 0
+
+        def count(offset, length, exists):
+            nonlocal total
+            if exists:
+                total += length
+
+        try:
+            with self._connect() as conn, \
+                    self._open(conn, read_only=True) as img:
+                img.diff_iterate(0, img.size(), None, count,
+                                 include_parent=False, whole_object=True)
+        except (exception.DiskNotFound, exception.BackendUnavailable):
+            return None
+        return total
+
+    # -- removal --------------------------------------------------------------
+
+    def remove_disk(self) -> None:
+        with self._connect() as conn:
+            self._remove_image(conn, self.pool, self.rbd_name)
+
+    def _remove_image(self, conn: _Connection, pool: str, name: str) -> None:
+        """Remove an RBD image and its snapshots; nothing if it is gone."""
+        ioctx = conn.ioctx(pool)
+        target = f'{pool}/{name}'
+        for attempt in range(REMOVE_RETRIES):
+            try:
+                try:
+                    img = librbd.Image(ioctx, name)
+                except librbd.ImageNotFound:
+                    return
+                with img:
+                    for snap in list(img.list_snaps()):
+                        self._remove_snap(img, target, snap['name'])
+                librbd.RBD().remove(ioctx, name)
+                return
+            except librbd.ImageNotFound:
+                return
+            except (librbd.ImageBusy, librbd.ImageHasSnapshots) as e:
+                # Watched by a client (a running guest, or one killed
+                # before its watch expired), or a snapshot appeared.
+                last = e
+                time.sleep(REMOVE_RETRY_INTERVAL)
+            except (rados.Error, librbd.Error) as e:
+                raise RbdError(operation='removal', target=target,
+                               reason=str(e))
+        raise RbdError(operation='removal', target=target,
+                       reason=f'still busy after {REMOVE_RETRIES} tries: '
+                              f'{last}')
+
+    @staticmethod
+    def _remove_snap(img, target: str, snap: str) -> None:
+        if img.is_protected_snap(snap):
+            img.set_snap(snap)
+            children = list(img.list_children())
+            img.set_snap(None)
+            if children:
+                raise RbdError(
+                    operation='removal', target=f'{target}@{snap}',
+                    reason='the snapshot has clones: ' + ', '.join(
+                        f'{p}/{c}' for p, c in children))
+            img.unprotect_snap(snap)
+        img.remove_snap(snap)
+
+    # -- moves ----------------------------------------------------------------
+
+    def send_to(self, transport, host: str, progress=None) -> None:
+        """Shared storage: ``host`` sees this disk already."""
+
+    def create_empty(self, like) -> None:
+        """An empty RBD image shaped like ``like`` (block live migration
+        into the pool; flows skip shared disks, so only direct callers)."""
+        with self._creating(like.source_type, like.source_id, 'empty',
+                            purpose='live-migration') as facts:
+            with self._connect() as conn:
+                librbd.RBD().create(conn.ioctx(self.pool), self.rbd_name,
+                                    like.virtual_size, old_format=False)
+            facts.update(format='raw', virtual_size=like.virtual_size)
+
+    # -- libvirt --------------------------------------------------------------
+
+    def mon_addrs(self) -> tuple[list[str], list[str]]:
+        """(hosts, ports) of the cluster's monitors, from its monmap (read
+        in-process: Nova ran ``ceph mon dump --format=json``)."""
+        with self._connect() as conn:
+            ret, out, err = conn.client.mon_command(
+                json.dumps({'prefix': 'mon dump', 'format': 'json'}), b'',
+                timeout=self.connect_timeout)
+        if ret != 0:
+            raise RbdError(operation='mon dump', target='the cluster',
+                           reason=err or f'error {ret}')
+        return monitors(json.loads(out))
+
+    def libvirt_info(self, cache_mode: str | None, extra_specs: dict,
+                     boot_order: int | None = None,
+                     disk_unit: int | None = None
+                     ) -> libvirt_config.GuestDisk:
+        mapping = self.disk_info_mapping
+        if not mapping:
+            raise exception.InvalidInput(
+                reason='libvirt_info needs the disk_info_mapping')
+        hosts, ports = self.mon_addrs()
+        info = libvirt_config.GuestDisk(
+            source_type='network', source_device=mapping.get('type', 'disk'),
+            source_protocol='rbd', source_name=self.location,
+            source_hosts=hosts, source_ports=ports,
+            target_bus=mapping['bus'], target_dev=mapping['dev'],
+            driver_cache=cache_mode, driver_discard=self.discard_mode,
+            driver_format='raw', boot_order=boot_order)
+        secret = self.conf.libvirt.rbd_secret_uuid
+        if secret:
+            # Nova: the username goes with the secret; libvirt needs both.
+            info.auth_secret_type = 'ceph'
+            info.auth_secret_uuid = secret
+            info.auth_username = self.rbd_user
+        self._disk_scsi(info, disk_unit)
+        self._disk_qos(info, extra_specs)
+        return info
+
+    # -- snapshots ------------------------------------------------------------
+
+    def snapshot_extract(self, target: str, out_format: str) -> None:
+        compress = bool(self.conf.libvirt.snapshot_compression and
+                        out_format == 'qcow2')
+        cls = type(self)
+        if cls._qemu_has_rbd is not False:
+            try:
+                qemu.convert(self.path, 'raw', target, out_format,
+                             compress=compress)
+                cls._qemu_has_rbd = True
+                return
+            except exception.ProcessError as e:
+                if "Unknown protocol 'rbd'" not in e.stderr:
+                    raise
+                LOG.info('qemu-img has no rbd driver here (Debian: '
+                         'qemu-block-extra); exporting through librbd')
+                cls._qemu_has_rbd = False
+        part = target + names.PART_SUFFIX
+        try:
+            self.export_raw(part)
+            if out_format == 'raw':
+                os.replace(part, target)
+            else:
+                qemu.convert(part, 'raw', target, out_format,
+                             compress=compress)
+        finally:
+            fileutils.remove_path(part)
+
+    def export_raw(self, target: str) -> None:
+        """Write what the guest sees into the file ``target`` (raw, holes
+        where nothing is allocated in the disk or its parents)."""
+        extents = []
+
+        def collect(offset, length, exists):
+            if exists:
+                extents.append((offset, length))
+
+        with self._connect() as conn, self._open(conn, read_only=True) as img:
+            size = img.size()
+            img.diff_iterate(0, size, None, collect, include_parent=True,
+                             whole_object=False)
+            with open(target, 'wb') as f:
+                for offset, length in extents:
+                    done = 0
+                    while done < length:
+                        n = min(READ_CHUNK, length - done)
+                        data = img.read(offset + done, n)
+                        if data.count(0) != len(data):
+                            f.seek(offset + done)
+                            f.write(data)
+                        done += n
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def create_snap(self, name: str) -> None:
+        """Snapshot the disk. An existing snapshot of that name is kept: it
+        is the older, so the right point to go back to."""
+        with self._connect() as conn, self._open(conn) as img:
+            if name in {s['name'] for s in img.list_snaps()}:
+                LOG.info('%s@%s exists; keeping it', self.location, name)
+                return
+            img.create_snap(name)
+
+    def remove_snap(self, name: str, ignore_errors: bool = False) -> None:
+        try:
+            with self._connect() as conn, self._open(conn) as img:
+                if name not in {s['name'] for s in img.list_snaps()}:
+                    return
+                self._remove_snap(img, self.location, name)
+        except (exception.ImageBackendError, rados.Error,
+                librbd.Error) as e:
+            if not ignore_errors:
+                if isinstance(e, exception.ImageBackendError):
+                    raise
+                raise RbdError(operation='snapshot removal',
+                               target=f'{self.location}@{name}',
+                               reason=str(e))
+            LOG.warning('could not remove %s@%s: %s', self.location, name, e)
+
+    def rollback_to_snap(self, name: str) -> None:
+        """Go back to snapshot ``name`` (its data and size). A disk without
+        that snapshot (one that was never grown) is left as it is."""
+        with self._connect() as conn, self._open(conn) as img:
+            if name not in {s['name'] for s in img.list_snaps()}:
+                LOG.debug('%s has no snapshot %s', self.location, name)
+                return
+            img.rollback_to_snap(name)
+            size = img.size()
+        self._update_record(virtual_size=size)
+
+    def clone(self, context: Any, image_id_or_uri: str,
+              copy_to_store: bool = False):
+        """Create this disk as a clone of the image where it already is in
+        this cluster (an ``rbd://`` URL, or the image source's locations);
+        ImageUnacceptable if it is nowhere cloneable. Nova's hook: no record
+        is written here (it runs inside ``cache()``, which writes it)."""
+        with self._connect() as conn:
+            if isinstance(image_id_or_uri, str) and \
+                    image_id_or_uri.startswith('rbd://'):
+                try:
+                    parent = self._parent_at(conn, image_id_or_uri)
+                except (rados.Error, librbd.Error) as e:
+                    raise exception.ImageUnacceptable(
+                        image_id=image_id_or_uri, reason=str(e))
+                parent.why = 'clone() of an rbd:// URL'
+            else:
+                parent, why_not = self._location_parent(
+                    conn, context, image_id_or_uri)
+                if parent is None:
+                    raise exception.ImageUnacceptable(
+                        image_id=image_id_or_uri, reason=why_not)
+            ioctx = conn.ioctx(self.pool)
+            if self._image_exists(ioctx, self.rbd_name):
+                raise exception.DiskExists(location=self.location)
+            librbd.RBD().clone(conn.ioctx(parent.pool), parent.image,
+                               parent.snap, ioctx, self.rbd_name)
+        self._legacy_how = {'how': parent.how, 'why': parent.why,
+                            'parent': parent.spec}
+
+    def flatten(self) -> None:
+        """Copy the parent's data into the disk so it stands alone."""
+        with self._connect() as conn, self._open(conn) as img:
+            try:
+                parent = '%s/%s@%s' % img.parent_info()
+            except librbd.ImageNotFound:
+                return  # no parent
+            img.flatten()
+        record = self.record
+        if record is not None and record.created:
+            self._update_record(provenance=dict(record.provenance,
+                                                flattened_from=parent))
+
+    def direct_snapshot(self, context: Any, snapshot_name: str,
+                        image_format: str, image_id: str,
+                        base_image_id: str) -> str:
+        """Snapshot the disk straight into the pool of its parent (Glance's,
+        when it was cloned from a location; else this pool) as a flattened
+        image ``<image_id>`` with a protected ``snap``. Returns its
+        ``rbd://fsid/pool/image/snap`` URL."""
+        if image_format != 'raw':
+            raise NotImplementedError(
+                f'direct snapshots are raw; {image_format} was asked for')
+        with self._connect() as conn:
+            with self._open(conn) as img:
+                try:
+                    dest_pool = img.parent_info()[0]
+                except librbd.ImageNotFound:
+                    dest_pool = self.pool
+                img.create_snap(snapshot_name)
+                img.protect_snap(snapshot_name)
+            fsid = conn.fsid
+            source = (f'rbd://{fsid}/{self.pool}/{self.rbd_name}/'
+                      f'{snapshot_name}')
+            dest_ioctx = conn.ioctx(dest_pool)
+            with _typed('direct snapshot', f'{dest_pool}/{image_id}'), \
+                    revert.Reverter() as undo:
+                # Undone newest first: the copy, then the disk's snapshot
+                # (which cannot go while the unflattened copy depends on it).
+                undo.add(lambda: self.cleanup_direct_snapshot(
+                    source, ignore_errors=True))
+                librbd.RBD().clone(conn.ioctx(self.pool), self.rbd_name,
+                                   snapshot_name, dest_ioctx, image_id)
+                undo.add(lambda: self._remove_image(conn, dest_pool,
+                                                    image_id))
+                with librbd.Image(dest_ioctx, image_id) as dest:
+                    dest.flatten()
+                self.cleanup_direct_snapshot(source)
+                with librbd.Image(dest_ioctx, image_id) as dest:
+                    dest.create_snap(BASE_SNAP)
+                    dest.protect_snap(BASE_SNAP)
+        return f'rbd://{fsid}/{dest_pool}/{image_id}/{BASE_SNAP}'
+
+    def cleanup_direct_snapshot(self, location, also_destroy_volume=False,
+                                ignore_errors=False) -> None:
+        """Remove a direct snapshot (and with ``also_destroy_volume`` its
+        image); ``location`` is its URL or Nova's ``{'url': ...}``."""
+        url = location.get('url') if isinstance(location, dict) else location
+        try:
+            fsid, pool, name, snap = parse_location(url)
+        except exception.InvalidInput:
+            return
+        try:
+            with self._connect() as conn:
+                if fsid != conn.fsid:
+                    return
+                ioctx = conn.ioctx(pool)
+                try:
+                    img = librbd.Image(ioctx, name)
+                except librbd.ImageNotFound:
+                    return
+                with img:
+                    if snap in {s['name'] for s in img.list_snaps()}:
+                        self._remove_snap(img, f'{pool}/{name}', snap)
+                if also_destroy_volume:
+                    self._remove_image(conn, pool, name)
+        except (exception.ImageBackendError, rados.Error,
+                librbd.Error) as e:
+            if not ignore_errors:
+                raise
+            LOG.warning('could not clean up %s: %s', url, e)
+
+    def import_file(self, instance, local_file: str, remote_name: str):
+        """Nova's hook (config drive): ``rbd import`` a local file as
+        ``<uuid>_<remote_name>``, replacing an image of that name."""
+        names.check_disk_name(remote_name)
+        name = f'{names.check_instance_uuid(instance.uuid)}_{remote_name}'
+        with self._connect() as conn:
+            self._remove_image(conn, self.pool, name)
+        self._import_file(local_file, 'raw', name)
+
+
+@contextlib.contextmanager
+def _typed(operation: str, target: str) -> Iterator[None]:
+    """Raise librados/librbd errors as :class:`RbdError`."""
+    try:
+        yield
+    except (rados.Error, librbd.Error) as e:
+        raise RbdError(operation=operation, target=target, reason=str(e))
+
+
+def monitors(monmap: dict) -> tuple[list[str], list[str]]:
+    """(hosts, ports) of the monitors in a ``mon dump`` JSON document.
+
+    Nova's parsing: each monitor's legacy ``addr`` (``host:port/nonce``,
+    the msgr1 address that qemu's librbd is given), brackets stripped
+    from IPv6 hosts. A monitor without one falls back to the first of its
+    ``public_addrs``.
+    """
+    hosts, ports = [], []
+    for mon in monmap.get('mons', []):
+        addr = mon.get('addr') or ''
+        if not addr or addr.startswith('0.0.0.0') or addr == '-':
+            vec = (mon.get('public_addrs') or {}).get('addrvec') or []
+            v1 = [a for a in vec if a.get('type') == 'v1'] or vec
+            if not v1:
+                continue
+            addr = v1[0]['addr']
+        host_port = addr.rsplit('/', 1)[0]
+        host, port = host_port.rsplit(':', 1)
+        hosts.append(host.strip('[]'))
+        ports.append(port)
+    return hosts, ports
