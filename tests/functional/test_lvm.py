@@ -736,3 +736,16 @@ def test_mixed_backends_after_images_type_changes(hosts, lvm):
     assert (old_root.source_type, old_root.driver_format) == ('file',
                                                               'qcow2')
     assert (new_root.source_type, new_root.driver_format) == ('block', 'raw')
+
+
+def test_cli_backend_lvm(lvm, tmp_path, capsys):
+    from tests.functional.test_cli import run_backend_scenario
+    # Root only: the test's stand-in for device-mapper (a loop device over
+    # an LV's extents) can grow only the last LV of a volume group; the
+    # flows tests grow every disk kind on LVM.
+    disks = run_backend_scenario(
+        str(tmp_path / 'state'), capsys,
+        ['--images-volume-group', lvm.vg_main], 'lvm', extra_disks=False)
+    # Thick LVs: allocated is the LV size, as lvs reports it.
+    assert disks['disk']['allocated'] == disks['disk']['virtual_size']
+    assert lv_sizes(lvm, lvm.vg_main) == {}

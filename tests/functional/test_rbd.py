@@ -1029,3 +1029,13 @@ def test_unreachable_cluster_is_typed(host, tmp_path):
     disk = imagebackend.Backend(conf=host).by_name(Instance(), 'disk', 'rbd')
     with pytest.raises(exception.BackendUnavailable):
         disk.exists()
+
+
+def test_cli_backend_rbd(ceph, tmp_path, capsys):
+    from tests.functional.test_cli import run_backend_scenario
+    disks = run_backend_scenario(
+        str(tmp_path / 'state'), capsys,
+        ['--images-rbd-pool', ceph.pool, '--images-rbd-ceph-conf',
+         ceph.conf], 'rbd')
+    # A clone allocates only what differs from its base (rbd du).
+    assert disks['disk']['allocated'] < disks['disk']['virtual_size']
