@@ -144,6 +144,10 @@ class Image(abc.ABC):
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
+    def _require_disk(self) -> None:
+        if not self.exists():
+            raise exception.DiskNotFound(location=self.location)
+
     # -- the new interface ---------------------------------------------------
 
     def create_from_image(self, context: Any, image_id: str,
@@ -502,6 +506,21 @@ def file_disk_config(disk, cache_mode: str | None, extra_specs: dict,
     _disk_scsi(info, disk_unit)
     _disk_qos(info, extra_specs)
     return info
+
+
+class SelfContained:
+    """For backends whose disks depend on nothing on a host once made
+    (Flat, Lvm, Rbd, Ploop): there is no cache entry to restore, so
+    ``check_backing_*`` only confirm the disk is there. Put it first
+    among the bases, before :class:`Image`."""
+
+    def check_backing_from_image(self, context, image_id, fallback=None):
+        self._require_disk()
+
+    def check_backing_from_func(self, context, func, cache_name,
+                                fallback=None):
+        names.check_cache_name(cache_name)
+        self._require_disk()
 
 
 def _rmdir_if_empty(path: str) -> None:

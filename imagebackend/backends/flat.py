@@ -28,7 +28,7 @@ from imagebackend import qemu
 from imagebackend.backends import localfile
 
 
-class Flat(localfile.LocalFileImage):
+class Flat(image.SelfContained, localfile.LocalFileImage):
     """A disk that is one self-contained file (raw, or unconverted image)."""
 
     image_type = 'flat'
@@ -77,13 +77,6 @@ class Flat(localfile.LocalFileImage):
             self._preallocate(size)
             facts.update(format='raw', virtual_size=final)
 
-    def check_backing_from_image(self, context, image_id, fallback=None):
-        self._require_disk()
-
-    def check_backing_from_func(self, context, func, cache_name,
-                                fallback=None):
-        names.check_cache_name(cache_name)
-        self._require_disk()
 
     # -- legacy (Nova's Flat.create_image) -------------------------------------
 

@@ -47,7 +47,3 @@ class LocalFileImage(image.Image):
                             purpose='live-migration') as facts:
             qemu.create(self.path, like.format, like.virtual_size)
             facts.update(format=like.format, virtual_size=like.virtual_size)
-
-    def _require_disk(self) -> None:
-        if not self.exists():
-            raise exception.DiskNotFound(location=self.path)

@@ -229,7 +229,7 @@ def logical_volumes(vg: str) -> dict[str, LogicalVolume]:
     return found
 
 
-class Lvm(image.Image):
+class Lvm(image.SelfContained, image.Image):
     """A disk that is one logical volume (thick, or thin in a pool)."""
 
     image_type = 'lvm'
@@ -416,17 +416,6 @@ class Lvm(image.Image):
             func(self.path)
             facts.update(format='raw', virtual_size=final)
 
-    def check_backing_from_image(self, context, image_id, fallback=None):
-        self._require_disk()
-
-    def check_backing_from_func(self, context, func, cache_name,
-                                fallback=None):
-        names.check_cache_name(cache_name)
-        self._require_disk()
-
-    def _require_disk(self) -> None:
-        if not self.exists():
-            raise exception.DiskNotFound(location=self.location)
 
     # -- legacy (Nova's Lvm.create_image) -------------------------------------
 

@@ -395,7 +395,7 @@ def finish_expanded(path: str) -> formats.ParallelsHeader:
 
 # -- the backend -------------------------------------------------------------------
 
-class Ploop(localfile.LocalFileImage):
+class Ploop(image.SelfContained, localfile.LocalFileImage):
     """A disk that is a ploop directory (``root.hds`` + descriptor)."""
 
     image_type = 'ploop'
@@ -552,13 +552,6 @@ class Ploop(localfile.LocalFileImage):
 
     # -- existing disks ----------------------------------------------------------
 
-    def check_backing_from_image(self, context, image_id, fallback=None):
-        self._require_disk()
-
-    def check_backing_from_func(self, context, func, cache_name,
-                                fallback=None):
-        names.check_cache_name(cache_name)
-        self._require_disk()
 
     def _settle(self) -> None:
         # A transport that keeps holes (rsync -S, a sparse copy) and a

@@ -221,7 +221,7 @@ class _Connection:
         self.client.shutdown()
 
 
-class Rbd(image.Image):
+class Rbd(image.SelfContained, image.Image):
     """A disk that is an RBD image (a clone of a pool base, or a copy)."""
 
     image_type = 'rbd'
@@ -384,19 +384,6 @@ class Rbd(image.Image):
         if self._image_exists(conn.ioctx(self.pool), self.rbd_name):
             raise exception.DiskExists(location=self.location)
 
-    def check_backing_from_image(self, context, image_id, fallback=None):
-        # A clone's parent is in the pool for as long as the clone is (Ceph
-        # refuses to remove it): nothing on any host to restore.
-        self._require_disk()
-
-    def check_backing_from_func(self, context, func, cache_name,
-                                fallback=None):
-        names.check_cache_name(cache_name)
-        self._require_disk()
-
-    def _require_disk(self) -> None:
-        if not self.exists():
-            raise exception.DiskNotFound(location=self.location)
 
     # -- pool bases -----------------------------------------------------------
 
