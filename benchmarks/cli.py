@@ -131,6 +131,8 @@ def main(argv=None) -> int:
           f'directory {workdir} ({free / env.GiB:.1f} GiB free, '
           f'{needed / env.GiB:.1f} GiB needed)', file=sys.stderr)
     runs: list[SuiteRun] = []
+    envs = floors.Environments(os.path.join(workdir, 'environments'), sizes)
+    env_error = None
     try:
         info = host_info(workdir)
         for name in args.suites:
@@ -143,7 +145,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             try:
                 mod.run(Context(sizes=sizes, reps=reps, warmup=warmup,
-                                quick=args.quick, dir=suite_dir), result)
+                                quick=args.quick, dir=suite_dir,
+                                envs=envs), result)
             except Exception as e:
                 result.fail(e)
                 result.log('ERROR:\n' + result.error)
@@ -155,7 +158,14 @@ def main(argv=None) -> int:
               'directory removed, no report written', file=sys.stderr)
         return 130
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            envs.close()    # volume group, Ceph daemons: also on errors
+        except Exception as e:
+            env_error = f'{type(e).__name__}: {e}'
+            print(f'benchmarks: tearing down a backend environment failed: '
+                  f'{env_error}', file=sys.stderr)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     report = {
         'schema': 1,
@@ -175,8 +185,11 @@ def main(argv=None) -> int:
         'targets': len(targets),
         'met': sum(1 for f in targets if f.met),
         'missed': [f.name for f in targets if f.met is False],
-        'errors': [r.name for r in runs if r.error],
+        'errors': [r.name for r in runs if r.error]
+        + (['environments'] if env_error else []),
     }
+    if env_error:
+        report['environments_error'] = env_error
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + '.tmp'
     with open(tmp, 'w') as f:

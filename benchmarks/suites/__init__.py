@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from benchmarks import env
+from benchmarks import env, floors
 from benchmarks.suites import (cache_scan, cold_parallel, disk_bytes,
                                memory, migration, reflink, spawn_cached)
 
@@ -23,3 +23,6 @@ class Context:
     warmup: int
     quick: bool
     dir: str            # the suite's own directory (removed afterwards)
+    # The backends' environments (a volume group, a Ceph cluster), shared
+    # by the run's suites.
+    envs: floors.Environments

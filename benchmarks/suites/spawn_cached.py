@@ -8,6 +8,11 @@ path through :mod:`imagebackend.shim` on the same backend. Also: how many
 commands each path runs, how many of them are ``qemu-img info``, and
 whether the cached base stayed sparse (allocated bytes vs the random data
 the image holds; one fetch per repetition into a fresh cache).
+
+Backends whose floor covers the root disk only (Lvm, Rbd, Ploop: the
+floors' ``scope`` is 'root') are measured on the root disk: native
+``create_from_image`` vs the floor, interleaved, in the backend's
+environment (a volume group, a Ceph cluster), with the commands each runs.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ IMAGE = 'img'
 
 
 def space_needed(s: env.Sizes) -> int:
-    # source image + base + a few transient Flat instances + templates.
-    return 8 * s.image_data + 2 * s.ephemeral // 8 + 256 * env.MiB
+    # source image + base + a few transient Flat instances + templates,
+    # + what Lvm's loop-backed volume group may write (two roots' copy of
+    # the image).
+    return (8 * s.image_data + 2 * s.ephemeral // 8 + 2 * s.image_virtual
+            + 256 * env.MiB)
 
 
 def run(ctx, result) -> None:
@@ -50,11 +58,14 @@ def run(ctx, result) -> None:
     host = env.Host(os.path.join(ctx.dir, 'host'), images_dir=images)
     backend = host.backend()
     entry = backend.image_cache.fetch_image(None, IMAGE)
-    skipped = floors.unavailable()
+    skipped = floors.unavailable(floors.ALL)
     if skipped:
         result.context['backends_not_measured'] = skipped
-    for floor in floors.available():
-        _backend(ctx, result, host, backend, entry, floor, shape)
+    measure = {'instance': _backend, 'root': _root_backend}
+    for floor in floors.available(floors.ALL):
+        ctx.envs.enter(floor, result.log)
+        floor.configure(host.conf)
+        measure[floor.scope](ctx, result, host, backend, entry, floor, shape)
 
 
 def _base_sparse(ctx, result, images, data) -> None:
@@ -94,7 +105,6 @@ def _base_sparse(ctx, result, images, data) -> None:
 def _backend(ctx, result, host, backend, entry, floor, shape) -> None:
     t = floor.image_type
     result.log(f'{t}: floor / native / legacy, {ctx.reps} reps')
-    floor.configure(host.conf)
     maker = env.InstanceMaker(backend, t, IMAGE, shape)
     floor.prepare(maker)
     current: dict[str, str] = {}
@@ -188,3 +198,61 @@ def _backend(ctx, result, host, backend, entry, floor, shape) -> None:
                       'disks the library made (format and size are in the '
                       'record)')))
 
+
+
+def _root_backend(ctx, result, host, backend, entry, floor, shape) -> None:
+    """Root disk only: native ``create_from_image`` vs the floor."""
+    t = floor.image_type
+    result.log(f'{t}: root disk, floor / native, {ctx.reps} reps')
+    maker = env.InstanceMaker(backend, t, IMAGE, shape)
+    prepared = floor.prepare(maker) or {}
+    current: dict = {}
+
+    def new_instance(i):
+        current['inst'] = maker.new_instance()
+
+    def native(i):
+        disk = backend.by_name(current['inst'], 'disk', t)
+        disk.create_from_image(None, IMAGE, shape.root)
+        current['disk'] = disk
+
+    copies: dict[str, int] = {}
+
+    def drop_native(i):
+        record = backend.records.get(current['inst'].uuid, 'disk')
+        how = record.provenance.get('copy') or record.provenance.get('how')
+        if i >= 0:
+            copies[how] = copies.get(how, 0) + 1
+        current.pop('disk').remove_disk()
+        host.forget(current['inst'].uuid)
+
+    def floor_dir(i):
+        current['floor'] = os.path.join(host.instances_path,
+                                        f'floor-{t}-{i + ctx.warmup}')
+        os.makedirs(current['floor'])
+
+    def drop_floor(i):
+        floor.drop(maker, current['floor'])
+        fileutils.remove_path(current['floor'])
+
+    runs = interleaved([
+        Side('floor', lambda i: floor.root(maker, entry, current['floor']),
+             floor_dir, drop_floor),
+        Side('native', native, new_instance, drop_native),
+    ], ctx.reps, ctx.warmup)
+    fl, nat = runs['floor'], runs['native']
+    result.add(Figure(
+        name=f'{t}.root.native_vs_floor',
+        description='native root disk (create_from_image, the base '
+                    f'cached, grown to {shape.root // env.MiB} MiB)',
+        unit='s', samples=nat.seconds,
+        baseline_description=floor.root_text,
+        baseline_samples=fl.extra('root'),
+        context={'root_copy_method': copies, **prepared}))
+    result.add(Figure(
+        name=f'{t}.subprocesses.native_vs_floor',
+        description='commands run per root disk, native path',
+        unit='count', samples=nat.count(),
+        baseline_description='bare commands per root disk (the floor)',
+        baseline_samples=fl.extra('processes'),
+        context={'commands': env.command_names(nat.commands[0])}))

@@ -14,6 +14,11 @@ import sys
 
 SUITES = ('spawn_cached', 'cold_parallel', 'bytes', 'reflink', 'migration',
           'cache_manager', 'memory')
+# Backends whose floor is the root disk alone, and their figures.
+ROOT_FLOOR_BACKENDS = ('lvm', 'rbd', 'ploop')
+ROOT_FLOOR_FIGURES = {'spawn_cached': ('root.native_vs_floor',
+                                       'subprocesses.native_vs_floor'),
+                      'bytes': ('bytes.root_vs_floor',)}
 # A hung run must fail, not hang CI; not a timing assertion.
 GUARD = 900
 
@@ -43,6 +48,16 @@ def test_quick_benchmark_writes_every_suite(tmp_path, repo_root):
             assert {'samples', 'median', 'description'} <= set(
                 fig['baseline']), fig['name']
             assert len(fig['baseline']['samples']) >= 5, fig['name']
+
+    # Lvm, Rbd and Ploop are measured: tools/bootstrap.sh installs their
+    # storage, so a backend "not measured" here is a failure, not a skip.
+    assert report['suites']['spawn_cached']['context'].get(
+        'backends_not_measured', {}) == {}
+    for suite, figures in ROOT_FLOOR_FIGURES.items():
+        names = {f['name'] for f in report['suites'][suite]['figures']}
+        for backend in ROOT_FLOOR_BACKENDS:
+            for fig in figures:
+                assert f'{backend}.{fig}' in names, (suite, backend)
 
     # The table went to stdout; everything the run made is gone.
     assert 'figure' in proc.stdout and 'ratio' in proc.stdout

@@ -963,8 +963,11 @@ def test_migrate_disks_shared_storage_sends_only_records(make_fx, host,
     fx.disks['disk.config'].send_to.assert_called_once_with(
         transport.mock, 'dest', progress=None)
     (_basename, doc), = transport.sent.values()
+    # The swap on shared storage is already on the destination: its record
+    # travels too (finish_migration then recreates it at the new size).
     assert sorted(doc['disks']) == ['disk', 'disk.config', 'disk.eph0',
-                                    'disk.local']
+                                    'disk.local', 'disk.swap']
+    fx.disks['disk.swap'].send_to.assert_not_called()
 
 
 def test_migrate_disks_without_swap_in_flavor_sends_the_swap_record(make_fx,
