@@ -36,6 +36,8 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
+from tests.daemons import session_members
+
 POOL = 'rbd'
 # A second pool, as Glance's 'images' pool would be: rbd:// locations point
 # into it, so clones across pools are tested too.
@@ -260,7 +262,7 @@ class CephCluster:
                 proc.kill()
                 proc.wait()
         # Anything the daemon forked lives in its own session: end it too.
-        for pid in _session_members(proc.pid):
+        for pid in session_members(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -274,7 +276,7 @@ class CephCluster:
             assert proc.returncode is not None
             assert not os.path.exists(f'/proc/{proc.pid}'), \
                 f'ceph daemon (pid {proc.pid}) still exists'
-            assert _session_members(proc.pid) == [], \
+            assert session_members(proc.pid) == [], \
                 f'ceph daemon (pid {proc.pid}) left processes'
 
     def pids(self) -> list[int]:
@@ -292,22 +294,6 @@ def _accepts(port: int) -> bool:
 def _which(tool: str) -> bool:
     return any(os.access(os.path.join(p, tool), os.X_OK)
                for p in os.environ.get('PATH', '').split(os.pathsep))
-
-
-def _session_members(sid: int) -> list[int]:
-    """PIDs of live (not zombie) processes in session ``sid``."""
-    found = []
-    for name in os.listdir('/proc'):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f'/proc/{name}/stat') as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != 'Z':
-            found.append(int(name))
-    return found
 
 
 @contextlib.contextmanager

@@ -52,6 +52,25 @@ def blkid(path: str) -> dict:
     return dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
 
 
+def define_and_read(elements: list[str], name: str) -> list:
+    """Define a domain holding these ``<disk>`` elements on libvirt's
+    in-process test driver, and return the ``<disk>`` elements libvirt
+    reports back (the domain is undefined again)."""
+    import libvirt
+    from xml.etree import ElementTree as ET
+    conn = libvirt.open('test:///default')
+    try:
+        dom = conn.defineXML(
+            "<domain type='test'><name>%s</name><memory unit='MiB'>128"
+            "</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
+            "<devices>%s</devices></domain>" % (name, ''.join(elements)))
+        back = ET.fromstring(dom.XMLDesc(0)).findall('./devices/disk')
+        dom.undefine()
+    finally:
+        conn.close()
+    return back
+
+
 def tree(path) -> dict:
     """Every file under ``path`` with its size and mtime (before/after)."""
     found = {}

@@ -20,6 +20,8 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
+from tests.daemons import session_members
+
 SSHD = '/usr/sbin/sshd'
 PRIVSEP_DIR = '/run/sshd'   # sshd refuses to start without it
 START_DEADLINE = 10.0       # seconds to wait for the port to accept
@@ -72,23 +74,6 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _session_members(sid: int) -> list[int]:
-    """PIDs of live processes in session ``sid`` (sshd and its children)."""
-    found = []
-    for name in os.listdir('/proc'):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f'/proc/{name}/stat') as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is the state, fields[3] the session id; Z = zombie.
-        if int(fields[3]) == sid and fields[0] != 'Z':
-            found.append(int(name))
-    return found
-
-
 def _stop(proc: subprocess.Popen) -> None:
     """Stop sshd by its PID (TERM, then KILL), then any forked child."""
     if proc.poll() is None:
@@ -100,7 +85,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
     # Connection children live in sshd's own session (start_new_session);
     # a finished transfer has ended them, but make sure.
-    for pid in _session_members(proc.pid):
+    for pid in session_members(proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -158,7 +143,7 @@ def running_sshd(d: str) -> Iterator[SshServer]:
         assert proc.returncode is not None
         assert not os.path.exists(f'/proc/{proc.pid}'), \
             f'sshd (pid {proc.pid}) still exists'
-        assert _session_members(proc.pid) == [], 'sshd left processes'
+        assert session_members(proc.pid) == [], 'sshd left processes'
 
 
 @pytest.fixture(scope='module')

@@ -51,6 +51,11 @@ def _assert_same_disk(backend, via_shim, native):
     # top file names differ only by instance directory.
     assert _chain(via_shim)[1:] == _chain(native)[1:]
     assert _chain(via_shim)[0][1] == _chain(native)[0][1]
+    assert_same_record(backend, via_shim, native)
+
+
+def assert_same_record(backend, via_shim, native) -> None:
+    """The two disks' records agree on everything but how they were made."""
     ra = backend.records.get(via_shim.instance.uuid, via_shim.disk_name)
     rb = backend.records.get(native.instance.uuid, native.disk_name)
     same = ('backend', 'format', 'virtual_size', 'source_type', 'source_id',

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import xml.etree.ElementTree as ET
 
-import libvirt
 import pytest
 
 import imagebackend
@@ -21,7 +19,7 @@ from imagebackend import fileutils
 from driver import flows
 from driver import instance as instance_mod
 from driver import migration
-from tests.functional.conftest import blkid, qemu_info, run
+from tests.functional.conftest import define_and_read, blkid, qemu_info, run
 from tests.hosts import GiB, MiB, make_conf
 
 MARK_AT = 10 * MiB
@@ -293,17 +291,7 @@ def test_domain_xml_from_libvirt_info(hosts, image_type):
     for name, info in mapping.items():
         disk = a.from_metadata(instance, name, info)
         elements.append(disk.libvirt_info('none', {}).to_xml())
-    conn = libvirt.open('test:///default')
-    try:
-        dom = conn.defineXML(
-            "<domain type='test'><name>vm-%s</name><memory unit='MiB'>128"
-            "</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
-            "<devices>%s</devices></domain>" % (instance.uuid,
-                                                 ''.join(elements)))
-        back = ET.fromstring(dom.XMLDesc(0)).findall('./devices/disk')
-        dom.undefine()
-    finally:
-        conn.close()
+    back = define_and_read(elements, f'vm-{instance.uuid}')
     got = {d.find('target').get('dev'): (d.find('source').get('file'),
                                          d.find('driver').get('type'))
            for d in back}

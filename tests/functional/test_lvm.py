@@ -23,9 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-import xml.etree.ElementTree as ET
 
-import libvirt
 import pytest
 
 import imagebackend
@@ -43,7 +41,7 @@ from driver import migration
 from driver import templates
 from tests.functional import lvm_env as lvm_env_mod
 from tests.functional import test_flows
-from tests.functional.conftest import (GiB, MiB, Instance, blkid,
+from tests.functional.conftest import (define_and_read, GiB, MiB, Instance, blkid,
                                        guest_bytes, qemu_info, run)
 
 MAPPING = {'bus': 'virtio', 'dev': 'vda', 'type': 'disk'}
@@ -418,17 +416,7 @@ def test_libvirt_info_block_disk_on_test_driver(backend, lvm, make_image):
     fs = disk.libvirt_fs_info('/')
     assert (fs.source_type, fs.source_dev) == ('block', disk.path)
 
-    conn = libvirt.open('test:///default')
-    try:
-        dom = conn.defineXML(
-            "<domain type='test'><name>lvm-%s</name><memory unit='MiB'>128"
-            "</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
-            "<devices>%s</devices></domain>" % (instance.uuid,
-                                                 info.to_xml()))
-        back = ET.fromstring(dom.XMLDesc(0)).find('./devices/disk')
-        dom.undefine()
-    finally:
-        conn.close()
+    back, = define_and_read([info.to_xml()], f'lvm-{instance.uuid}')
     assert back.get('type') == 'block'
     assert back.find('source').get('dev') == disk.path
     driver = back.find('driver')

@@ -15,9 +15,7 @@ import os
 import shutil
 import stat
 import subprocess
-import xml.etree.ElementTree as ET
 
-import libvirt
 import pytest
 
 import imagebackend
@@ -33,7 +31,7 @@ from driver import cli
 from driver import flows
 from driver import instance as instance_mod
 from driver import migration
-from tests.functional.conftest import (GiB, Instance, MiB, blkid,
+from tests.functional.conftest import (define_and_read, GiB, Instance, MiB, blkid,
                                        guest_bytes, make_ephemeral,
                                        make_swap, qemu_info, run)
 from tests.hosts import make_conf
@@ -489,16 +487,7 @@ def test_libvirt_info_defines_a_domain(backend, image):
                                   'type': 'disk'})
     xml = disk.libvirt_info('writeback', {'quota:disk_read_iops_sec': '50'},
                             disk_unit=0).to_xml()
-    conn = libvirt.open('test:///default')
-    try:
-        dom = conn.defineXML(
-            "<domain type='test'><name>ploop-%s</name><memory unit='MiB'>"
-            "128</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type>"
-            "</os><devices>%s</devices></domain>" % (instance.uuid, xml))
-        back = ET.fromstring(dom.XMLDesc(0)).find('./devices/disk')
-        dom.undefine()
-    finally:
-        conn.close()
+    back, = define_and_read([xml], f'ploop-{instance.uuid}')
     assert back.get('type') == 'file'
     assert back.find('driver').get('type') == 'ploop'
     assert back.find('driver').get('cache') == 'writeback'
@@ -879,17 +868,7 @@ def test_flow_domain_xml(hosts):
     flows.spawn(a, None, instance, mapping)
     elements = [a.from_metadata(instance, n, info).libvirt_info(
         'none', {}).to_xml() for n, info in mapping.items()]
-    conn = libvirt.open('test:///default')
-    try:
-        dom = conn.defineXML(
-            "<domain type='test'><name>vm-%s</name><memory unit='MiB'>128"
-            "</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
-            "<devices>%s</devices></domain>" % (instance.uuid,
-                                                 ''.join(elements)))
-        back = ET.fromstring(dom.XMLDesc(0)).findall('./devices/disk')
-        dom.undefine()
-    finally:
-        conn.close()
+    back = define_and_read(elements, f'vm-{instance.uuid}')
     got = {d.find('target').get('dev'): (d.find('source').get('file'),
                                          d.find('driver').get('type'))
            for d in back}

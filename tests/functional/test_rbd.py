@@ -15,10 +15,10 @@ import os
 import shutil
 import stat
 import sys
-import xml.etree.ElementTree as ET
 
-import libvirt
 import pytest
+
+from tests.functional.test_equivalence import assert_same_record
 import rados
 import rbd as librbd
 
@@ -35,7 +35,7 @@ from driver import instance as instance_mod
 from driver import migration
 from tests.functional.ceph_env import ceph_cluster  # noqa: F401 (fixture)
 from tests.functional.ceph_env import free_port
-from tests.functional.conftest import (GiB, MiB, Instance, blkid,
+from tests.functional.conftest import (define_and_read, GiB, MiB, Instance, blkid,
                                        guest_bytes, make_ephemeral,
                                        make_swap)
 from tests.functional.test_flows import BDI, Hosts, new_instance
@@ -334,14 +334,7 @@ def test_template_of_another_host_is_cloned_not_remade(ceph, tmp_path):
 # -- equivalence: shim vs native ----------------------------------------------
 
 def _same_record(backend, a, b):
-    ra = backend.records.get(a.instance.uuid, a.disk_name)
-    rb = backend.records.get(b.instance.uuid, b.disk_name)
-    same = ('backend', 'format', 'virtual_size', 'source_type', 'source_id',
-            'backing', 'backing_format', 'state')
-    assert {f: getattr(ra, f) for f in same} == \
-        {f: getattr(rb, f) for f in same}
-    assert (ra.provenance['path'], rb.provenance['path']) == ('shim',
-                                                              'native')
+    assert_same_record(backend, a, b)
 
 
 @pytest.mark.parametrize('image_format', ['raw', 'qcow2'])
@@ -532,20 +525,6 @@ def test_remove_refuses_a_disk_whose_snapshot_has_clones(rbd_backend, ceph,
 
 # -- libvirt ------------------------------------------------------------------
 
-def _define_and_read(elements: list[str], name: str) -> list[ET.Element]:
-    conn = libvirt.open('test:///default')
-    try:
-        dom = conn.defineXML(
-            "<domain type='test'><name>%s</name><memory unit='MiB'>128"
-            "</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
-            "<devices>%s</devices></domain>" % (name, ''.join(elements)))
-        back = ET.fromstring(dom.XMLDesc(0)).findall('./devices/disk')
-        dom.undefine()
-    finally:
-        conn.close()
-    return back
-
-
 def test_libvirt_info_defines_a_network_disk(host, ceph, make_image):
     secret = '11111111-2222-3333-4444-555555555555'
     use_rbd(host, ceph, rbd_user='admin', rbd_secret_uuid=secret)
@@ -561,7 +540,7 @@ def test_libvirt_info_defines_a_network_disk(host, ceph, make_image):
         info = disk.libvirt_info('none', {'quota:disk_read_iops_sec': '5'},
                                  boot_order=1)
     assert cmds == []   # the monmap is read in-process
-    (back,) = _define_and_read([info.to_xml()], f'vm-{instance.uuid}')
+    (back,) = define_and_read([info.to_xml()], f'vm-{instance.uuid}')
     assert back.get('type') == 'network'
     assert back.find('driver').get('type') == 'raw'
     assert back.find('driver').get('cache') == 'none'
@@ -594,7 +573,7 @@ def test_domain_from_an_rbd_instance(tmp_path, ceph):
     elements = [a.from_metadata(instance, n, m).libvirt_info('none', {})
                 .to_xml() for n, m in mapping.items()]
     back = {d.find('target').get('dev'): d
-            for d in _define_and_read(elements, f'vm-{instance.uuid}')}
+            for d in define_and_read(elements, f'vm-{instance.uuid}')}
     for name, m in mapping.items():
         rec = a.records.get(instance.uuid, name)
         d = back[m['dev']]
