@@ -255,10 +255,8 @@ class ImageBackendFixture(fixtures.Fixture):
         disk.SUPPORTS_LUKS = cls.SUPPORTS_LUKS
         disk.is_block_dev = cls.capabilities.block_device
         disk.source_type = 'block' if disk.is_block_dev else 'file'
-        if image_type == 'qcow2':
-            disk.driver_format = 'qcow2'
-        else:
-            disk.driver_format = self._formats.get(disk_name, 'raw')
+        disk.driver_format = cls.fixed_format or self._formats.get(
+            disk_name, 'raw')
         disk.conf = conf
         disk.instance_uuid = uuid
         disk.instance_dir = (None if uuid is None else os.path.join(

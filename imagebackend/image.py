@@ -82,6 +82,9 @@ class Image(abc.ABC):
     # Nova's class attributes, kept for drivers that read them.
     SUPPORTS_CLONE: ClassVar[bool] = False
     SUPPORTS_LUKS: ClassVar[bool] = False
+    # The format every disk of this backend has, or None where a disk's
+    # record says (Flat keeps unconverted images; block backends are raw).
+    fixed_format: ClassVar[str | None] = None
 
     def __init__(self, instance=None, disk_name: str | None = None,
                  path: str | None = None, disk_info_mapping=None, *,

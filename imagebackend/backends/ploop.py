@@ -399,6 +399,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
     """A disk that is a ploop directory (``root.hds`` + descriptor)."""
 
     image_type = 'ploop'
+    fixed_format = 'ploop'
     # Nova's Ploop inherited is_file_in_instance_path() False, but the disk
     # IS in the instance directory: flows remove the directory with the
     # disk and cold migration copies it, so say so. Nothing lives in the
@@ -409,7 +410,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
     def __init__(self, instance=None, disk_name=None, path=None,
                  disk_info_mapping=None, *, backend, record=None):
         super().__init__(instance, disk_name, path, disk_info_mapping,
-                         backend=backend, driver_format='ploop',
+                         backend=backend, driver_format=self.fixed_format,
                          record=record)
         # As in Nova: a directory is not fallocated (preallocate_images).
         self.preallocate = False

@@ -28,6 +28,7 @@ class Qcow2(localfile.LocalFileImage):
     """A qcow2 overlay whose backing file is a cache entry."""
 
     image_type = 'qcow2'
+    fixed_format = 'qcow2'
     capabilities = image.Capabilities(file_in_instance_path=True,
                                       backing_in_cache=True,
                                       native_create=True)
@@ -35,7 +36,7 @@ class Qcow2(localfile.LocalFileImage):
     def __init__(self, instance=None, disk_name=None, path=None,
                  disk_info_mapping=None, *, backend, record=None):
         super().__init__(instance, disk_name, path, disk_info_mapping,
-                         backend=backend, driver_format='qcow2',
+                         backend=backend, driver_format=self.fixed_format,
                          record=record)
 
     # -- native ----------------------------------------------------------------
