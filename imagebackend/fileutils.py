@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from typing import Any, Iterable
 
@@ -30,6 +31,22 @@ def fsync_file(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(path: str) -> None:
+    """fsync ``path``: a file or block device, or a directory with every
+    regular file and directory under it (each directory after its
+    contents). Symlinks and special files inside a directory are not
+    followed or opened: only what a disk is made of is flushed."""
+    if not (os.path.isdir(path) and not os.path.islink(path)):
+        fsync_file(path)
+        return
+    for root, _dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            p = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                fsync_file(p)
+        fsync_dir(root)
 
 
 def atomic_write_json(path: str, data: Any) -> None:

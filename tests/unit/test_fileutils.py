@@ -300,3 +300,38 @@ def test_remove_path(tmp_path):
     fileutils.remove_path(str(d))
     fileutils.remove_path(str(tmp_path / 'absent'))
     assert os.listdir(tmp_path) == []
+
+
+def test_fsync_tree_of_a_file(tmp_path):
+    path = tmp_path / 'disk'
+    path.write_bytes(b'x')
+    with mock.patch.object(fileutils, 'fsync_file') as ff, \
+            mock.patch.object(fileutils, 'fsync_dir') as fd:
+        fileutils.fsync_tree(str(path))
+    ff.assert_called_once_with(str(path))
+    fd.assert_not_called()
+
+
+def test_fsync_tree_of_a_directory_skips_links_and_special_files(tmp_path):
+    disk = tmp_path / 'disk'
+    (disk / 'sub').mkdir(parents=True)
+    (disk / 'root.hds').write_bytes(b'x')
+    (disk / 'sub' / 'f').write_bytes(b'y')
+    os.symlink('/etc/passwd', disk / 'link')
+    os.mkfifo(disk / 'fifo')  # opening it would block
+    with mock.patch.object(fileutils, 'fsync_file') as ff, \
+            mock.patch.object(fileutils, 'fsync_dir') as fd:
+        fileutils.fsync_tree(str(disk))
+    assert sorted(c.args[0] for c in ff.call_args_list) == [
+        str(disk / 'root.hds'), str(disk / 'sub' / 'f')]
+    # Each directory after its contents.
+    assert [c.args[0] for c in fd.call_args_list] == [str(disk / 'sub'),
+                                                      str(disk)]
+
+
+def test_fsync_tree_really_fsyncs(tmp_path):
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    (disk / 'root.hds').write_bytes(b'x')
+    fileutils.fsync_tree(str(disk))
+    fileutils.fsync_tree(str(disk / 'root.hds'))
