@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import stat
 import threading
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -291,6 +292,9 @@ class Image(abc.ABC):
             # The disk did not exist: whatever is there on failure is ours.
             undo.add(self.remove_disk)
             yield facts
+            # A power cut must not leave a `created` record over a disk
+            # whose bytes were still in the page cache.
+            self._make_durable()
             prov = dict(record.provenance, **facts.pop('provenance', {}))
             self._record = record.replace(state=records_mod.CREATED,
                                           provenance=prov, **facts)
@@ -299,6 +303,31 @@ class Image(abc.ABC):
 
     def _forget_record(self) -> None:
         self._record = None
+
+    def _make_durable(self) -> None:
+        """Put the disk's data, and the directory entries naming it, on
+        stable storage, so that a record saying so survives a power cut
+        only with them. Runs before a record says ``created``, and before
+        ``settle`` or a resize saves a record over a changed disk.
+
+        Default, for a disk at a local path: fsync the file or block
+        device (a directory disk: every file in it and the directory),
+        then, for a file, the directory holding it and, when that is the
+        instance directory (perhaps just made), instances_path. Backends
+        whose disks are not local paths override this.
+        DiskNotFound if nothing is there.
+        """
+        path = self.path
+        if not path or not os.path.lexists(path):
+            raise exception.DiskNotFound(location=self.location)
+        fileutils.fsync_tree(path)
+        if stat.S_ISBLK(os.stat(path).st_mode):
+            return
+        parent = os.path.dirname(os.path.abspath(path))
+        fileutils.fsync_dir(parent)
+        if self.instance is not None and parent == os.path.abspath(
+                self.instance_dir):
+            fileutils.fsync_dir(self.conf.instances_path)
 
     def settle(self) -> None:
         """Make an existing disk at home on this host and save its record.
@@ -311,6 +340,11 @@ class Image(abc.ABC):
         self._settle()
         self.moved_from = None
         if self._record is not None:
+            # What _settle rewrote (a rebase, an LV filled from transit
+            # data) is on disk before the record is saved over it; a
+            # missing disk is check_backing's to report, typed.
+            with contextlib.suppress(exception.DiskNotFound):
+                self._make_durable()
             self.records.put(self._record)
 
     def _settle(self) -> None:
@@ -320,6 +354,9 @@ class Image(abc.ABC):
         record = self.record
         if record is not None and record.created:
             self._record = record.replace(**changes)
+            # The change (a grown disk) is on disk before the record says.
+            with contextlib.suppress(exception.DiskNotFound):
+                self._make_durable()
             self.records.put(self._record)
 
     @abc.abstractmethod

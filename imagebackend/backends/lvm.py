@@ -162,6 +162,14 @@ def base_lv_name(cache_name: str) -> str:
     return check_lvm_name(name)
 
 
+def flush_device(path: str, location: str | None = None) -> None:
+    """fsync the block device ``path`` (DiskNotFound if it is not there)."""
+    try:
+        fileutils.fsync_file(path)
+    except FileNotFoundError:
+        raise exception.DiskNotFound(location=location or path)
+
+
 def _round_up(size: int, step: int) -> int:
     return -(-int(size) // step) * step
 
@@ -349,6 +357,15 @@ class Lvm(image.SelfContained, image.Image):
         """Write a file's guest bytes into an existing device (no temp)."""
         qemu.convert(src, src_format, dst, 'raw', existing_target=True,
                      cache='none')
+        # On stable storage before anything relies on it (a record, a
+        # base LV's snapshots, the transit file's removal in _settle).
+        flush_device(dst)
+
+    def _make_durable(self) -> None:
+        """Flush the LV's block device: what a template function (mkfs,
+        mkswap) wrote through its page cache, and the disk's write cache.
+        LVM's own metadata is written synchronously by lvm2."""
+        flush_device(self.path, self.location)
 
     # -- native ---------------------------------------------------------------
 

@@ -529,3 +529,61 @@ def test_settle_makes_the_lv_from_the_transfer_file(fake, backend, instance):
     mine = backend.records.get(instance.uuid, 'disk')
     assert (mine.location, mine.virtual_size) == (disk.location, 128 * MiB)
     assert not os.path.exists(transfer)
+
+
+# -- durability ---------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def flushed():
+    """Block devices are flushed in-process (fsync); none exists here, so
+    the paths flushed are recorded instead."""
+    paths: list[str] = []
+    with mock.patch.object(lvm, 'flush_device',
+                           side_effect=lambda path, location=None:
+                           paths.append(path)):
+        yield paths
+
+
+def _puts(backend, flushed):
+    """(record state, devices flushed so far) at each record write."""
+    seen = []
+    real_put = backend.records.put
+
+    def put(record):
+        seen.append((record.state, list(flushed)))
+        real_put(record)
+    return seen, mock.patch.object(backend.records, 'put', side_effect=put)
+
+
+def test_device_flushed_before_the_record_says_created(fake, backend,
+                                                       instance, flushed):
+    disk = backend.by_name(instance, 'disk.local')
+    seen, patch = _puts(backend, flushed)
+    with patch:
+        disk.create_from_func(None, mock.Mock(), 'ephemeral_x', 64 * MiB)
+    assert seen == [('creating', []), ('created', [disk.path])]
+
+
+def test_thin_base_and_disk_flushed_before_created(fake, thin, cached,
+                                                   flushed):
+    disk = thin.by_name(hosts.Instance(), 'disk')
+    seen, patch = _puts(thin, flushed)
+    with patch:
+        disk.create_from_image(None, 'img', GiB)
+    base = f'/dev/{VG}/_base_{SHA1_IMG}'
+    assert seen == [('creating', [base]), ('created', [base, disk.path])]
+
+
+def test_settled_lv_flushed_before_its_record(fake, backend, instance,
+                                              flushed):
+    backend.records.put(imagebackend.DiskRecord(
+        instance=instance.uuid, name='disk', backend='lvm', format='raw',
+        location='vgA/x', source_type='image', source_id='img',
+        virtual_size=100 * MiB, state='created'))
+    disk = backend.from_metadata(instance, 'disk')
+    with open(disk.instance_dir + '/disk.lv-transfer', 'wb') as f:
+        f.truncate(100 * MiB)
+    seen, patch = _puts(backend, flushed)
+    with patch:
+        disk.settle()
+    assert seen and all(paths[:1] == [disk.path] for _s, paths in seen)
