@@ -12,6 +12,19 @@ from imagebackend import exception
 # path components and LV/RBD image names, so only a plain alphabet is allowed.
 _SAFE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$')
 
+META_SUFFIX = '.meta.json'
+PART_SUFFIX = '.part'
+# What the library itself keeps beside disks and instance directories: an
+# instance's records file, the lock directory and the image cache (its
+# default name; '_base' already fails the alphabet). A disk or instance of
+# one of these names would overwrite or be mistaken for library state.
+RECORDS_FILE = 'disks.json'
+LOCKS_DIR = 'locks'
+CACHE_DIR = '_base'
+RESERVED_NAMES = frozenset({RECORDS_FILE, LOCKS_DIR, CACHE_DIR})
+# Files a fetch or a sidecar write put next to a disk or cache entry.
+RESERVED_SUFFIXES = (META_SUFFIX, PART_SUFFIX)
+
 
 def _check(name: object, what: str) -> str:
     if not isinstance(name, str) or not name:
@@ -27,6 +40,13 @@ def _check(name: object, what: str) -> str:
             name=name,
             reason=f'{what} may only use letters, digits and ._+- and must '
                    'start with a letter or digit')
+    if name in RESERVED_NAMES:
+        raise exception.InvalidDiskName(
+            name=name, reason=f'{what} is reserved for the library\'s own '
+                              'files')
+    if name.endswith(RESERVED_SUFFIXES):
+        raise exception.InvalidDiskName(
+            name=name, reason=f'{what} uses a reserved suffix')
     return name
 
 
@@ -37,14 +57,11 @@ def check_disk_name(name: object) -> str:
 
 def check_cache_name(name: object) -> str:
     """Return ``name`` if it is a safe cache entry name."""
-    name = _check(name, 'cache name')
-    if name.endswith(META_SUFFIX) or name.endswith(PART_SUFFIX):
-        raise exception.InvalidDiskName(
-            name=name, reason='cache name uses a reserved suffix')
-    return name
+    return _check(name, 'cache name')
 
 
 def check_instance_uuid(uuid: object) -> str:
+    """Return ``uuid`` if it is a safe instance directory name."""
     return _check(uuid, 'instance uuid')
 
 
@@ -83,6 +100,3 @@ def template_name(kind: str, size: int, **traits: str | None) -> str:
         parts.append(f'{key}-{value}')
     return check_cache_name('_'.join(parts))
 
-
-META_SUFFIX = '.meta.json'
-PART_SUFFIX = '.part'

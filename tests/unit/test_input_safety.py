@@ -1,0 +1,64 @@
+"""Reserved names, disk sizes and the no-space error (issue 9, point 11)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from imagebackend import disks
+from imagebackend import exception
+from imagebackend import names
+from imagebackend import processes
+from imagebackend import records
+
+from driver import flows
+from driver import instance as instance_mod
+from tests.hosts import GiB, Instance
+
+RESERVED = ['disks.json', 'locks', '_base', 'disk.part', 'disk.meta.json',
+            'disk.converted.part']
+
+
+# -- reserved names -------------------------------------------------------------
+
+@pytest.mark.parametrize('name', RESERVED)
+def test_reserved_names_are_no_disk_names(name):
+    with pytest.raises(exception.InvalidDiskName) as e:
+        names.check_disk_name(name)
+    # ('_base' already fails the alphabet.)
+    assert 'reserved' in str(e.value) or name == '_base'
+
+
+@pytest.mark.parametrize('name', RESERVED)
+def test_reserved_names_are_no_instance_uuids(name):
+    with pytest.raises(exception.InvalidDiskName):
+        names.check_instance_uuid(name)
+
+
+@pytest.mark.parametrize('name', ['disks.json', 'locks'])
+def test_backend_refuses_reserved_disk_names(backend, instance, name):
+    with pytest.raises(exception.InvalidDiskName):
+        backend.by_name(instance, name)
+    with pytest.raises(exception.InvalidDiskName):
+        backend.by_name(Instance(uuid=name), 'disk')
+    assert os.listdir(backend.conf.instances_path) == []
+
+
+@pytest.mark.parametrize('name', ['disks.json', 'locks'])
+def test_records_refuse_reserved_names(name):
+    with pytest.raises(exception.InvalidDiskName):
+        records.DiskRecord(instance=name, name='disk', backend='flat',
+                           format='raw', location='/x', source_type='none',
+                           source_id=None)
+    with pytest.raises(exception.InvalidDiskName):
+        records.DiskRecord(instance='u-1', name=name, backend='flat',
+                           format='raw', location='/x', source_type='none',
+                           source_id=None)
+
+
+def test_names_close_to_reserved_ones_are_fine():
+    for name in ('disk', 'disks.json2', 'locks2', 'disk.partition',
+                 'disk.eph0', 'disk.config.rescue'):
+        assert names.check_disk_name(name) == name
