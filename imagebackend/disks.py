@@ -12,6 +12,7 @@ import abc
 import dataclasses
 from typing import Any, Callable
 
+from imagebackend import exception
 from imagebackend import image as image_mod
 
 
@@ -23,6 +24,17 @@ class CreatableDisk(abc.ABC):
     size: int | None
     # Contents need not survive a move (swap): recreated, never copied.
     disposable: bool = False
+
+    def __post_init__(self):
+        # Checked here, before anything is made: a bad size must not reach
+        # a backend as a "too small" comparison or a truncate.
+        size = self.size
+        if size is not None and (not isinstance(size, int) or
+                                 isinstance(size, bool) or size < 0):
+            raise exception.InvalidInput(
+                reason=f'disk {self.image.disk_name}: size must be a '
+                       f'non-negative integer of bytes or None, not '
+                       f'{size!r}')
 
     @property
     def name(self) -> str:

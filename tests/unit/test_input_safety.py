@@ -62,3 +62,35 @@ def test_names_close_to_reserved_ones_are_fine():
     for name in ('disk', 'disks.json2', 'locks2', 'disk.partition',
                  'disk.eph0', 'disk.config.rescue'):
         assert names.check_disk_name(name) == name
+
+
+# -- sizes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('size', [-1, -GiB, 1.5, '1G', True])
+def test_bad_sizes_are_invalid_input_at_construction(backend, instance, size):
+    image = backend.by_name(instance, 'disk')
+    with pytest.raises(exception.InvalidInput) as e:
+        disks.DiskFromImage(image=image, size=size, image_id='img')
+    assert not isinstance(e.value, exception.DiskTooSmall)
+    with pytest.raises(exception.InvalidInput):
+        disks.DiskFromFunc(image=image, size=size, func=lambda t: None,
+                           cache_name='swap_1')
+
+
+@pytest.mark.parametrize('size', [None, 0, 1, GiB])
+def test_good_sizes_are_accepted(backend, instance, size):
+    disk = disks.DiskFromImage(image=backend.by_name(instance, 'disk'),
+                               size=size, image_id='img')
+    assert disk.size == size
+
+
+def test_spawn_with_a_negative_flavor_makes_nothing(backend):
+    instance = instance_mod.Instance(image_ref='img',
+                                     flavor=instance_mod.Flavor(root_gb=-1))
+    with pytest.raises(exception.InvalidInput) as e:
+        flows.spawn(backend, None, instance,
+                    instance_mod.disk_mapping(instance))
+    assert not isinstance(e.value, exception.DiskTooSmall)
+    assert '-1073741824' in str(e.value)
+    assert backend.records.list(instance.uuid) == []
+    assert os.listdir(backend.conf.instances_path) == []
