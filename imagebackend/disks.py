@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from imagebackend import exception
 from imagebackend import image as image_mod
+from imagebackend import nospace
 
 
 @dataclasses.dataclass
@@ -69,8 +70,10 @@ class DiskFromImage(CreatableDisk):
         return ('image', self.image_id)
 
     def create(self, context, fallback=None):
-        self.image.create_from_image(context, self.image_id, self.size,
-                                     fallback)
+        # Backstop for write points that do not map ENOSPC themselves.
+        with nospace.mapped(f'disk {self.name}'):
+            self.image.create_from_image(context, self.image_id, self.size,
+                                         fallback)
 
     def check_backing(self, context, fallback=None):
         self.image.check_backing_from_image(context, self.image_id, fallback)
@@ -88,8 +91,9 @@ class DiskFromFunc(CreatableDisk):
         return ('func', self.cache_name)
 
     def create(self, context, fallback=None):
-        self.image.create_from_func(context, self.func, self.cache_name,
-                                    self.size, fallback)
+        with nospace.mapped(f'disk {self.name}'):
+            self.image.create_from_func(context, self.func, self.cache_name,
+                                        self.size, fallback)
 
     def check_backing(self, context, fallback=None):
         self.image.check_backing_from_func(context, self.func,

@@ -105,3 +105,19 @@ class NotSupported(ImageBackendError):
 
 class TransportError(ImageBackendError):
     msg_fmt = "Could not copy %(what)s to or from host %(host)s: %(reason)s"
+
+
+class NoSpace(ImageBackendError):
+    """A write failed because its storage is full (ENOSPC) or over quota
+    (EDQUOT). What the failed call was making has been removed again."""
+
+    msg_fmt = "No space left writing %(what)s: %(reason)s"
+
+
+class ProcessNoSpace(NoSpace, ProcessError):
+    """A command run through the process runner reported no space; still a
+    :class:`ProcessError` for callers that handle command failures."""
+
+    msg_fmt = ("Command %(cmd)s ran out of space (exit code %(exit_code)s)."
+               "\nstdout: %(stdout)s\nstderr: %(stderr)s")
+

@@ -12,6 +12,8 @@ import stat
 import tempfile
 from typing import Any, Iterable
 
+from imagebackend import nospace
+
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 CHUNK = 1024 * 1024
 _ZEROS = bytes(CHUNK)
@@ -49,6 +51,7 @@ def fsync_tree(path: str) -> None:
         fsync_dir(root)
 
 
+@nospace.guarded(lambda path, *a, **k: path)
 def atomic_write_json(path: str, data: Any) -> None:
     """Write ``data`` as JSON to ``path``: temp file, fsync, rename."""
     directory = os.path.dirname(path) or '.'
@@ -98,6 +101,7 @@ def _data_extents(fd: int, size: int) -> Iterable[tuple[int, int]]:
         pos = end
 
 
+@nospace.guarded(lambda src, dst, *a, **k: dst)
 def clone_or_sparse_copy(src: str, dst: str) -> str:
     """Copy ``src`` to a new file ``dst``; return ``'reflink'`` or ``'sparse'``.
 
@@ -138,6 +142,7 @@ class SparseWriter:
         self.sha256 = hashlib.sha256()
         self.size = 0
 
+    @nospace.guarded(lambda self, *a: self._f.name)
     def write(self, chunk: bytes) -> None:
         self.sha256.update(chunk)
         if chunk == _ZEROS[:len(chunk)]:
@@ -146,6 +151,7 @@ class SparseWriter:
             self._f.write(chunk)
         self.size += len(chunk)
 
+    @nospace.guarded(lambda self, *a: self._f.name)
     def close(self) -> None:
         self._f.truncate(self.size)
         self._f.flush()

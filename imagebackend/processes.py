@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 from oslo_concurrency import processutils
 
 from imagebackend import exception
+from imagebackend import nospace
 
 # Commands parse tool output, so the locale must not translate it.
 _ENV = {'LC_ALL': 'C', 'LANG': 'C'}
@@ -49,7 +50,11 @@ def execute(*cmd: str, check_exit_code: Sequence[int] | bool = True,
             *cmd, check_exit_code=check_exit_code, prlimit=prlimit,
             process_input=process_input, env_variables=env)
     except processutils.ProcessExecutionError as e:
-        raise exception.ProcessError(
+        # A tool that ran out of space gets the typed error callers handle.
+        error = (exception.ProcessNoSpace
+                 if nospace.tool_reported(e.stdout, e.stderr)
+                 else exception.ProcessError)
+        raise error(
             cmd=' '.join(cmd), exit_code=e.exit_code,
             stdout=(e.stdout or '').strip(), stderr=(e.stderr or '').strip())
     except OSError as e:

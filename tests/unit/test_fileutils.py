@@ -10,6 +10,7 @@ from unittest import mock
 
 import pytest
 
+from imagebackend import exception
 from imagebackend import fileutils
 
 MiB = 1024 * 1024
@@ -84,7 +85,8 @@ def test_atomic_write_json_failure_in_dump_mocked(tmp_path):
     before = path.read_bytes()
     with mock.patch.object(fileutils.json, 'dump',
                            side_effect=OSError(errno.ENOSPC, 'full')):
-        with pytest.raises(OSError):
+        # A full disk is a typed error, not a bare OSError (issue 9, 11).
+        with pytest.raises(exception.NoSpace):
             fileutils.atomic_write_json(str(path), {'v': 2})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ['f.json']

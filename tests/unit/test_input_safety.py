@@ -10,6 +10,7 @@ import pytest
 from imagebackend import disks
 from imagebackend import exception
 from imagebackend import names
+from imagebackend import nospace
 from imagebackend import processes
 from imagebackend import records
 
@@ -94,3 +95,37 @@ def test_spawn_with_a_negative_flavor_makes_nothing(backend):
     assert '-1073741824' in str(e.value)
     assert backend.records.list(instance.uuid) == []
     assert os.listdir(backend.conf.instances_path) == []
+
+
+# -- no space ---------------------------------------------------------------------
+
+def test_a_tool_reporting_no_space_is_a_typed_error():
+    with pytest.raises(exception.NoSpace) as e:
+        processes.execute('sh', '-c', 'echo "qemu-img: error while writing:'
+                          ' No space left on device" >&2; exit 1')
+    # Still a command failure for callers that handle those.
+    assert isinstance(e.value, exception.ProcessError)
+    assert e.value.exit_code == 1
+    assert 'No space left on device' in e.value.stderr
+
+
+def test_other_tool_failures_are_not_no_space():
+    with pytest.raises(exception.ProcessError) as e:
+        processes.execute('sh', '-c', 'echo "Permission denied" >&2; exit 1')
+    assert not isinstance(e.value, exception.NoSpace)
+
+
+@pytest.mark.parametrize('code', [errno.ENOSPC, errno.EDQUOT])
+def test_full_or_over_quota_is_no_space(code):
+    with pytest.raises(exception.NoSpace) as e:
+        with nospace.mapped('disk x'):
+            raise OSError(code, os.strerror(code))
+    assert 'disk x' in str(e.value)
+    assert isinstance(e.value.__cause__, OSError)
+    assert not isinstance(e.value, OSError)
+
+
+def test_other_os_errors_pass_through():
+    with pytest.raises(PermissionError):
+        with nospace.mapped('disk x'):
+            raise PermissionError(errno.EACCES, 'denied')
