@@ -111,7 +111,9 @@ class ImageCache:
             return []
         found = []
         for n in listing:
-            if n.endswith(names.META_SUFFIX):
+            # ``X.part.meta.json`` is a killed side-load's, not a sidecar.
+            if n.endswith(names.META_SUFFIX) and not n.endswith(
+                    names.PART_SUFFIX + names.META_SUFFIX):
                 entry = self.get(n[:-len(names.META_SUFFIX)])
                 if entry:
                     found.append(entry)

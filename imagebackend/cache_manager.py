@@ -13,7 +13,10 @@ import dataclasses
 import os
 import time
 
+from oslo_concurrency import lockutils
+
 from imagebackend import cache as cache_mod
+from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import names
 from imagebackend import records as records_mod
@@ -87,7 +90,9 @@ def clean(backend, min_age: float | None = None,
     if min_age is None:
         min_age = backend.conf.image_cache.\
             remove_unused_original_minimum_age_seconds
-    removed = []
+    # Partial files first: a leftover side-load sidecar would otherwise
+    # stop the scan below.
+    removed = _clean_parts(backend, min_age, dry_run)
     now = time.time()
     for use in scan(backend):
         if use.users or now - use.last_used < min_age:
@@ -107,3 +112,70 @@ def clean(backend, min_age: float | None = None,
             fileutils.remove_path(path + names.META_SUFFIX)
         removed.append(use.entry.name)
     return removed
+
+
+# What a fetch, conversion or side-load leaves in _base when it is killed,
+# all named after the entry X being made: ``X.part``, ``X.converted.part``,
+# ``X.part.meta.json``, and the transport's staging directories
+# ``.<one of those>.<random>.part``.
+_PART_TAILS = (names.PART_SUFFIX + names.META_SUFFIX,
+               '.converted' + names.PART_SUFFIX, names.PART_SUFFIX)
+
+
+def _part_owner(filename: str) -> str | None:
+    """The entry whose creation wrote ``filename``, or None if it is not a
+    partial file of the cache."""
+    if filename.startswith('.'):
+        if not filename.endswith(names.PART_SUFFIX):
+            return None
+        final = filename[1:-len(names.PART_SUFFIX)].rpartition('.')[0]
+        return _part_owner(final) if final else None
+    for tail in _PART_TAILS:
+        if filename.endswith(tail):
+            try:
+                return names.check_cache_name(filename[:-len(tail)])
+            except exception.InvalidDiskName:
+                return None
+    return None
+
+
+def _clean_parts(backend, min_age: float, dry_run: bool) -> list[str]:
+    """Remove partial files in _base unchanged for ``min_age`` seconds.
+
+    Each is removed under its entry's lock, taken without waiting: a fetch
+    still running holds it, and its file is never touched.
+    """
+    cache = backend.image_cache
+    try:
+        listing = sorted(os.listdir(cache.base_dir))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for filename in listing:
+        owner = _part_owner(filename)
+        if owner is None:
+            continue
+        path = os.path.join(cache.base_dir, filename)
+        if not _older_than(path, min_age):
+            continue
+        if dry_run:
+            removed.append(filename)
+            continue
+        try:
+            with lockutils.lock(owner, lock_file_prefix=cache_mod.LOCK_PREFIX,
+                                external=True, lock_path=cache.lock_path,
+                                blocking=False):
+                if not _older_than(path, min_age):
+                    continue  # written to while we looked
+                fileutils.remove_path(path)
+        except lockutils.AcquireLockFailedException:
+            continue  # its creation is running
+        removed.append(filename)
+    return removed
+
+
+def _older_than(path: str, age: float) -> bool:
+    try:
+        return time.time() - os.lstat(path).st_mtime >= age
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,99 @@
+"""The operator CLI as a hostile user or an unlucky operator uses it (issue
+9, point 11): real ``python -m driver.cli`` processes on a real state
+directory, one of them killed with SIGKILL at a named step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from oslo_concurrency import lockutils
+
+from imagebackend import cache as cache_mod
+from tests.functional.conftest import tree
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def _env(extra_path: str | None = None) -> dict:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    if extra_path:
+        env['PATH'] = extra_path + os.pathsep + env['PATH']
+    return env
+
+
+@pytest.fixture
+def ib(tmp_path):
+    """ib(*args) -> (exit code, JSON printed) of one real CLI process."""
+    state = str(tmp_path / 'state')
+
+    def call(*args):
+        out = subprocess.run(
+            [sys.executable, '-m', 'driver.cli', '--state-dir', state,
+             '--json', *args], capture_output=True, text=True, cwd=REPO,
+            env=_env())
+        data = json.loads(out.stdout) if out.stdout.strip() else None
+        return out.returncode, data
+    call.state = state
+    call.argv = [sys.executable, '-m', 'driver.cli', '--state-dir', state,
+                 '--json']
+    return call
+
+
+def _host_dir(ib, host='host-a'):
+    return os.path.join(ib.state, 'hosts', host, 'instances')
+
+
+def _spawn(ib, *extra):
+    code, view = ib('spawn', '--image', 'img', '--name', 'vm', *extra)
+    assert code == 0, view
+    return view
+
+
+# -- cache clean removes what killed fetches left -----------------------------
+
+def test_cache_clean_removes_stale_part_files(ib):
+    assert ib('image', 'create-sample', 'img', '--size', '16M')[0] == 0
+    _spawn(ib, '--root-gb', '1')
+    base = os.path.join(_host_dir(ib), '_base')
+    old = time.time() - 2 * 3600
+    names = {
+        'stale': 'a' * 40 + '.part',
+        'stale_converted': 'b' * 40 + '.converted.part',
+        'stale_sidecar': 'c' * 40 + '.part.meta.json',
+        'fresh': 'd' * 40 + '.part',
+        'live': 'e' * 40 + '.part',
+    }
+    for key, name in names.items():
+        with open(os.path.join(base, name), 'wb') as f:
+            f.write(b'x' * 4096)
+        if key != 'fresh':
+            os.utime(os.path.join(base, name), (old, old))
+    entries_before = sorted(n for n in os.listdir(base)
+                            if not n.endswith('.part') and
+                            not n.endswith('.part.meta.json'))
+
+    code, dry = ib('cache', 'clean', '--min-age', '3600', '--dry-run')
+    assert code == 0
+    assert len(os.listdir(base)) == len(entries_before) + len(names)
+
+    # A fetch still running holds its entry's lock (here: this process).
+    with lockutils.lock('e' * 40, lock_file_prefix=cache_mod.LOCK_PREFIX,
+                        external=True,
+                        lock_path=os.path.join(_host_dir(ib), 'locks')):
+        code, cleaned = ib('cache', 'clean', '--min-age', '3600')
+    assert code == 0, cleaned
+    stale = {names[k] for k in ('stale', 'stale_converted', 'stale_sidecar')}
+    assert set(cleaned['removed']) == stale
+    assert stale <= set(dry['removed'])
+    left = sorted(os.listdir(base))
+    assert left == sorted(entries_before + [names['fresh'], names['live']])
+    # The image entry is used by the instance: kept.
+    assert hashlib.sha1(b'img').hexdigest() in left
