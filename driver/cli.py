@@ -20,6 +20,7 @@ from oslo_utils import units
 from imagebackend import cache_manager
 from imagebackend import exception
 from imagebackend import fileutils
+from imagebackend import names
 from imagebackend import sources
 
 from driver import flows
@@ -137,6 +138,7 @@ def _instance_text(view: dict) -> str:
 # -- commands ------------------------------------------------------------------
 
 def cmd_image_create_sample(st, args):
+    names.check_disk_name(args.id)  # it becomes a file name
     path = os.path.join(st.images_dir, f'{args.id}.{args.format}')
     if os.path.exists(path):
         return {'image': args.id, 'path': path, 'created': False}, \
@@ -156,10 +158,8 @@ def cmd_image_create_sample(st, args):
 
 def cmd_image_add(st, args):
     src = sources.DirectoryImageSource(st.images_dir)
-    dst = os.path.join(st.images_dir, f'{args.id}.{args.format}')
-    tmp = dst + '.tmp'
-    fileutils.clone_or_sparse_copy(args.file, tmp)
-    os.rename(tmp, dst)
+    # The id and format are checked before a byte is written.
+    src.add(args.id, args.format, args.file, copy=True)
     meta = src.get_meta(None, args.id)
     return {'image': meta.id, 'disk_format': meta.disk_format,
             'size': meta.size}, f'added image {args.id} ({args.format})'

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid as uuid_mod
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 from imagebackend import exception
+from imagebackend import fileutils
 from imagebackend import names
 
 # Formats an image may declare (Glance's disk_format names).
@@ -84,13 +86,45 @@ class DirectoryImageSource:
                     return
                 yield chunk
 
-    def add(self, image_id: str, disk_format: str, src_path: str) -> str:
-        """Put a file into the directory as an image (for demos and tests)."""
+    def add(self, image_id: str, disk_format: str, src_path: str, *,
+            copy: bool = False) -> str:
+        """Put file ``src_path`` into the directory as image ``image_id``
+        (moved, or copied with ``copy=True``); return its new path.
+
+        Everything is checked before anything is written: the id (it
+        becomes a file name, so ``../x`` is refused), the format, that the
+        source is a regular file and that no image of that id exists (an
+        id's bytes never change: caches are keyed by it). The bytes go to a
+        hidden temporary name, are fsynced and then linked into place,
+        which fails rather than replace an image added concurrently.
+        """
         names.check_disk_name(image_id)
         if disk_format not in DISK_FORMATS:
             raise exception.InvalidInput(
                 reason=f'unknown disk format {disk_format!r}')
-        os.makedirs(self.directory, exist_ok=True)
+        if not os.path.isfile(src_path):
+            raise exception.InvalidInput(
+                reason=f'{src_path} is not a regular file')
         dst = os.path.join(self.directory, f'{image_id}.{disk_format}')
-        os.replace(src_path, dst)
+        for fmt in DISK_FORMATS:
+            if os.path.lexists(os.path.join(self.directory,
+                                            f'{image_id}.{fmt}')):
+                raise exception.InvalidInput(
+                    reason=f'image {image_id} already exists')
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = os.path.join(self.directory, f'.{image_id}.{disk_format}.'
+                                           f'{uuid_mod.uuid4().hex}.tmp')
+        try:
+            fileutils.clone_or_sparse_copy(src_path, tmp)
+            fileutils.fsync_file(tmp)
+            try:
+                os.link(tmp, dst)
+            except FileExistsError:
+                raise exception.InvalidInput(
+                    reason=f'image {image_id} already exists')
+        finally:
+            fileutils.remove_path(tmp)
+        fileutils.fsync_dir(self.directory)
+        if not copy:
+            os.unlink(src_path)
         return dst

@@ -57,6 +57,37 @@ def _spawn(ib, *extra):
     return view
 
 
+# -- names are checked before anything is written -----------------------------
+
+@pytest.mark.parametrize('image_id', ['../../x', '../images2/x', 'a/b',
+                                      'disks.json', 'x.part'])
+def test_image_add_checks_the_id_before_writing(ib, tmp_path, image_id):
+    ib('image', 'list')  # the state directory exists
+    src = tmp_path / 'src.raw'
+    src.write_bytes(b'\xab' * 65536)
+    before = tree(tmp_path)
+    code, err = ib('image', 'add', image_id, str(src), '--format', 'raw')
+    assert code == 2 and err['error'] == 'InvalidDiskName', err
+    # Nothing written anywhere: not in the images folder, not beside it.
+    assert tree(tmp_path) == before
+    assert ib('image', 'list')[1] == []
+
+
+def test_image_add_never_replaces_an_image(ib, tmp_path):
+    src = tmp_path / 'src.raw'
+    src.write_bytes(b'\xab' * 65536)
+    assert ib('image', 'add', 'img', str(src), '--format', 'raw')[0] == 0
+    other = tmp_path / 'other.raw'
+    other.write_bytes(b'\xcd' * 65536)
+    code, err = ib('image', 'add', 'img', str(other), '--format', 'qcow2')
+    assert code == 2 and err['error'] == 'InvalidInput'
+    assert sorted(os.listdir(os.path.join(ib.state, 'images'))) == \
+        ['img.raw']
+    with open(os.path.join(ib.state, 'images', 'img.raw'), 'rb') as f:
+        assert f.read() == b'\xab' * 65536
+    assert src.exists()  # added as a copy
+
+
 # -- cache clean removes what killed fetches left -----------------------------
 
 def test_cache_clean_removes_stale_part_files(ib):
