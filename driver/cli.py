@@ -201,14 +201,14 @@ def cmd_host_list(st, args):
 
 def cmd_spawn(st, args):
     instance = instance_mod.Instance(
-        name=args.name or 'instance', image_ref=args.image, host=args.host,
-        os_type=args.os_type, flavor=_flavor(args),
+        name=_instance_name(args.name or 'instance'), image_ref=args.image,
+        host=args.host, os_type=args.os_type, flavor=_flavor(args),
         config_drive=args.config_drive)
     bdi = {}
     if args.ephemeral_bdm:
         bdi['ephemerals'] = [{'size': gb, 'guest_format': args.bdm_format}
                              for gb in args.ephemeral_bdm]
-    backend = st.backend(args.host, args.backend)
+    backend = st.backend(args.host, args.backend)  # an unknown host: error
     mapping = instance_mod.disk_mapping(instance, bdi)
     start = time.monotonic()
     created = flows.spawn(backend, None, instance, mapping, bdi)
@@ -218,6 +218,15 @@ def cmd_spawn(st, args):
     view['seconds'] = round(time.monotonic() - start, 3)
     return view, (f'spawned in {view["seconds"]:.2f} s\n' +
                   _instance_text(view))
+
+
+def _instance_name(name: str) -> str:
+    """An instance name: shown in tables and matched by commands."""
+    if not name.strip() or not name.isprintable() or len(name) > 255:
+        raise exception.InvalidInput(
+            reason=f'instance name {name!r} must be 1-255 printable '
+                   'characters')
+    return name
 
 
 def cmd_list(st, args):
@@ -261,7 +270,7 @@ def cmd_migrate(st, args):
     if args.to == source_host:
         raise exception.InvalidInput(reason='the instance is already on '
                                             f'host {args.to}')
-    os.makedirs(st.instances_path(args.to), exist_ok=True)
+    st.check_host(args.to)  # an unknown host is an error, never made
     source = st.backend(source_host)
     transport = st.transport()
     mapping = instance_mod.disk_mapping(instance, bdi)
@@ -394,13 +403,25 @@ def _rmdir(path: str) -> None:
         pass
 
 
+def _count(text: str) -> int:
+    """A size argument: a non-negative integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not a non-negative integer')
+    return value
+
+
 def _flavor_args(p: argparse.ArgumentParser, defaults: bool) -> None:
     d = (lambda v: v) if defaults else (lambda v: None)
-    p.add_argument('--root-gb', type=int, default=d(1),
+    p.add_argument('--root-gb', type=_count, default=d(1),
                    help='root disk size in GiB (0: the image\'s size)')
-    p.add_argument('--ephemeral-gb', type=int, default=d(0),
+    p.add_argument('--ephemeral-gb', type=_count, default=d(0),
                    help='flavor ephemeral disk (disk.local) in GiB')
-    p.add_argument('--swap-mb', type=int, default=d(0),
+    p.add_argument('--swap-mb', type=_count, default=d(0),
                    help='swap disk size in MiB')
 
 
@@ -464,14 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command('spawn', cmd_spawn, 'create an instance\'s local disks')
     p.add_argument('--image', required=True, help='image id')
     p.add_argument('--name', help='instance name')
-    p.add_argument('--host', default='host-a', help='host name '
-                   '(default: %(default)s)')
+    p.add_argument('--host', default=state_mod.DEFAULT_HOST,
+                   help='host name, made with `host set` (default: '
+                        '%(default)s, made on first use)')
     p.add_argument('--backend', choices=BACKENDS,
                    help='images_type for this spawn (default: the host\'s)')
     p.add_argument('--os-type', default='linux',
                    help='picks the ephemeral filesystem (linux: ext4, '
                         'windows: ntfs, else vfat)')
-    p.add_argument('--ephemeral-bdm', type=int, action='append',
+    p.add_argument('--ephemeral-bdm', type=_count, action='append',
                    metavar='GB', help='an extra ephemeral disk (repeatable)')
     p.add_argument('--bdm-format', default='ext4',
                    help='filesystem of --ephemeral-bdm disks')
@@ -512,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
             ('verify', cmd_cache_verify, 'recompute sha256 of entries'),
             ('clean', cmd_cache_clean, 'remove unused entries')):
         p = csub.add_parser(name, help=text, description=text)
-        p.add_argument('--host', default='host-a')
+        p.add_argument('--host', default=state_mod.DEFAULT_HOST)
         p.set_defaults(func=func)
         if name == 'verify':
             p.add_argument('name', nargs='?', help='one entry only')

@@ -6,6 +6,10 @@
     <state-dir>/instances/<uuid>.json           instance definitions (the
                                                 compute database stand-in)
 
+A host exists once ``host set`` made it (the default host, ``host-a``, is
+made on first use); any other host name is an error, never created by the
+command that names it.
+
 Every host is a directory on this machine; a LocalTransport maps host names
 to their instances_path, so migrations between hosts are real copies.
 """
@@ -26,6 +30,13 @@ from imagebackend import names
 from driver import instance as instance_mod
 
 DEFAULT_STATE_DIR = '/var/tmp/imagebackend'
+DEFAULT_HOST = 'host-a'
+
+
+class UnknownHost(exception.InvalidInput):
+    msg_fmt = ("Unknown host %(host)r (known: %(known)s); create it with "
+               "'host set %(host)s' first")
+
 # Host settings the CLI keeps per host, and the option group of each.
 HOST_OPTIONS = {
     'images_type': 'libvirt', 'use_cow_images': None,
@@ -50,7 +61,20 @@ class State:
     # -- hosts -----------------------------------------------------------------
 
     def hosts(self) -> list[str]:
-        return sorted(os.listdir(self.hosts_dir))
+        return sorted(n for n in os.listdir(self.hosts_dir)
+                      if os.path.isdir(os.path.join(self.hosts_dir, n)))
+
+    def check_host(self, host: str) -> str:
+        """``host`` if it exists (the default host is made here on first
+        use); UnknownHost otherwise, and nothing is created."""
+        path = self.instances_path(host)
+        if os.path.isdir(os.path.join(self.hosts_dir, host)):
+            return host
+        if host == DEFAULT_HOST:
+            os.makedirs(path, exist_ok=True)
+            return host
+        raise UnknownHost(host=host, known=', '.join(self.hosts()) or
+                          'none')
 
     def instances_path(self, host: str) -> str:
         names.check_disk_name(host)
@@ -79,6 +103,7 @@ class State:
 
     def conf(self, host: str, images_type: str | None = None
              ) -> cfg.ConfigOpts:
+        self.check_host(host)
         conf = cfg.ConfigOpts()
         imagebackend.config.register_opts(conf)
         path = self.instances_path(host)
@@ -138,6 +163,10 @@ class State:
 
     def find(self, ref: str) -> tuple[instance_mod.Instance, dict]:
         """An instance by uuid, unique uuid prefix, or unique name."""
+        if not isinstance(ref, str) or not ref.strip():
+            # '' is a prefix of every uuid: it must never pick one.
+            raise exception.InvalidInput(
+                reason='an instance reference must not be empty')
         matches = [(i, b) for i, b in self.instances()
                    if i.uuid == ref or i.name == ref]
         if not matches:

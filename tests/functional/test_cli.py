@@ -36,6 +36,8 @@ def _disks(view):
 
 def test_spawn_show_resize_migrate(ib):
     assert ib('image', 'create-sample', 'img', '--size', '64M')[0] == 0
+    # Hosts other than the default are made explicitly (issue 9, 11).
+    assert ib('host', 'set', 'host-b')[0] == 0
     code, view = ib('spawn', '--image', 'img', '--name', 'vm', '--root-gb',
                     '1', '--ephemeral-gb', '1', '--swap-mb', '64',
                     '--config-drive')
@@ -77,6 +79,7 @@ def test_spawn_show_resize_migrate(ib):
 
 def test_live_migrate_prepare_rescue_delete(ib):
     ib('image', 'create-sample', 'img', '--size', '64M')
+    ib('host', 'set', 'host-c')
     code, view = ib('spawn', '--image', 'img', '--name', 'vm',
                     '--ephemeral-gb', '1', '--swap-mb', '64')
     code, prepared = ib('live-migrate-prepare', 'vm', '--to', 'host-c')
@@ -93,6 +96,7 @@ def test_live_migrate_prepare_rescue_delete(ib):
 
 def test_errors_are_typed_and_change_nothing(ib):
     ib('image', 'create-sample', 'img', '--size', '64M')
+    ib('host', 'set', 'host-b')
     ib('spawn', '--image', 'img', '--name', 'vm', '--root-gb', '2')
     inst_dir = os.path.join(ib.state, 'hosts', 'host-a', 'instances')
 

@@ -88,6 +88,45 @@ def test_image_add_never_replaces_an_image(ib, tmp_path):
     assert src.exists()  # added as a copy
 
 
+# -- hosts ----------------------------------------------------------------------
+
+def test_unknown_hosts_are_errors_never_created(ib):
+    assert ib('image', 'create-sample', 'img', '--size', '16M')[0] == 0
+    hosts = os.path.join(ib.state, 'hosts')
+    code, err = ib('spawn', '--image', 'img', '--host', 'nowhere')
+    assert code == 2 and err['error'] == 'UnknownHost', err
+    assert not os.path.exists(os.path.join(hosts, 'nowhere'))
+    assert ib('list')[1] == []
+
+    view = _spawn(ib, '--root-gb', '1')
+    for args in (['migrate', 'vm', '--to', 'nowhere'],
+                 ['live-migrate-prepare', 'vm', '--to', 'nowhere'],
+                 ['cache', 'list', '--host', 'nowhere'],
+                 ['cache', 'clean', '--host', 'nowhere']):
+        code, err = ib(*args)
+        assert code == 2 and err['error'] == 'UnknownHost', (args, err)
+        assert not os.path.exists(os.path.join(hosts, 'nowhere')), args
+    code, shown = ib('show', 'vm')
+    assert shown['host'] == 'host-a' and shown['uuid'] == view['uuid']
+
+    # A host made with `host set` is known.
+    assert ib('host', 'set', 'host-b')[0] == 0
+    code, moved = ib('migrate', 'vm', '--to', 'host-b')
+    assert code == 0 and moved['host'] == 'host-b', moved
+
+
+def test_an_empty_reference_matches_no_instance(ib):
+    assert ib('image', 'create-sample', 'img', '--size', '16M')[0] == 0
+    _spawn(ib, '--root-gb', '1')
+    for command in ('show', 'delete', 'resize', 'rescue'):
+        for ref in ('', ' '):
+            code, err = ib(command, ref)
+            assert code == 2 and err['error'] == 'InvalidInput', \
+                (command, ref, err)
+    assert len(ib('list')[1]) == 1
+    assert len(os.listdir(_host_dir(ib))) == 3  # _base, locks, instance
+
+
 # -- cache clean removes what killed fetches left -----------------------------
 
 def test_cache_clean_removes_stale_part_files(ib):
