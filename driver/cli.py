@@ -21,10 +21,12 @@ from imagebackend import cache_manager
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import names
+from imagebackend import records as records_mod
 from imagebackend import sources
 
 from driver import flows
 from driver import instance as instance_mod
+from driver import instance_disks
 from driver import migration
 from driver import state as state_mod
 
@@ -209,9 +211,20 @@ def cmd_spawn(st, args):
         bdi['ephemerals'] = [{'size': gb, 'guest_format': args.bdm_format}
                              for gb in args.ephemeral_bdm]
     backend = st.backend(args.host, args.backend)  # an unknown host: error
+    sources.DirectoryImageSource(st.images_dir).get_meta(None, args.image)
     mapping = instance_mod.disk_mapping(instance, bdi)
+    # Every disk described (names, sizes, formats checked) before anything
+    # is written; describing creates nothing.
+    list(instance_disks.instance_disks(backend, instance, mapping, bdi))
     start = time.monotonic()
-    created = flows.spawn(backend, None, instance, mapping, bdi)
+    # Saved before any disk is made: a spawn that dies is listed (building)
+    # and `delete` finds its disks; never a disk nobody knows of.
+    st.save(instance, bdi, status=state_mod.BUILDING)
+    try:
+        created = flows.spawn(backend, None, instance, mapping, bdi)
+    except BaseException:
+        _forget_if_empty(st, backend, instance)
+        raise
     st.save(instance, bdi)
     view = _instance_view(instance, bdi, backend)
     view['created'] = created
@@ -229,28 +242,53 @@ def _instance_name(name: str) -> str:
     return name
 
 
+def _forget_if_empty(st, backend, instance) -> None:
+    """After a failed spawn: drop the definition unless disks or records
+    remain (the flow removes what it made; anything left stays listed)."""
+    try:
+        if backend.records.list(instance.uuid) or os.path.exists(
+                os.path.join(backend.conf.instances_path, instance.uuid)):
+            return
+        st.forget(instance)
+    except Exception:  # never hide the spawn's own error
+        pass
+
+
+def _require_active(st, ref):
+    """The instance ``ref`` if its spawn finished, else InvalidInput."""
+    instance, bdi, status = st.find_entry(ref)
+    if status != state_mod.ACTIVE:
+        raise exception.InvalidInput(
+            reason=f'instance {instance.name} ({instance.uuid}) is '
+                   f'{status}: its spawn did not finish; delete it')
+    return instance, bdi
+
+
 def cmd_list(st, args):
     rows = []
-    for instance, _bdi in st.instances():
+    for instance, _bdi, status in st.entries():
         rows.append({'uuid': instance.uuid, 'name': instance.name,
                      'host': instance.host, 'image': instance.image_ref,
+                     'status': status,
                      'flavor': f'{instance.flavor.root_gb}/'
                                f'{instance.flavor.ephemeral_gb}/'
                                f'{instance.flavor.swap}'})
     return rows, table(rows, [('name', 'NAME'), ('uuid', 'UUID'),
-                              ('host', 'HOST'), ('image', 'IMAGE'),
+                              ('host', 'HOST'), ('status', 'STATUS'),
+                              ('image', 'IMAGE'),
                               ('flavor', 'ROOT/EPH GiB / SWAP MiB')])
 
 
 def cmd_show(st, args):
-    instance, bdi = st.find(args.instance)
+    instance, bdi, status = st.find_entry(args.instance)
     view = _instance_view(instance, bdi, st.backend(instance.host))
+    view['status'] = status
     return view, _instance_text(view)
 
 
 def cmd_resize(st, args):
     """A resize on the same host: grow disks in place, recreate swap."""
-    instance, bdi = st.find(args.instance)
+    instance, bdi = _require_active(st, args.instance)
     backend = st.backend(instance.host)
     old = instance.flavor
     instance.flavor = _flavor(args, old)
@@ -265,7 +303,7 @@ def cmd_resize(st, args):
 
 def cmd_migrate(st, args):
     """Cold migration (optionally with a new flavor) to another host."""
-    instance, bdi = st.find(args.instance)
+    instance, bdi = _require_active(st, args.instance)
     source_host = instance.host
     if args.to == source_host:
         raise exception.InvalidInput(reason='the instance is already on '
@@ -313,7 +351,7 @@ def _check_no_shrink(backend, instance, new) -> None:
 
 def cmd_live_migrate_prepare(st, args):
     """pre_live_migration on the destination: make its disks ready."""
-    instance, bdi = st.find(args.instance)
+    instance, bdi = _require_active(st, args.instance)
     source = st.backend(instance.host)
     dest = st.backend(args.to)
     records = source.records.list(instance.uuid)
@@ -329,7 +367,7 @@ def cmd_live_migrate_prepare(st, args):
 
 
 def cmd_rescue(st, args):
-    instance, bdi = st.find(args.instance)
+    instance, bdi = _require_active(st, args.instance)
     backend = st.backend(instance.host)
     created = flows.rescue(backend, None, instance, args.image)
     return {'created': created, 'disks': disk_rows(backend, instance)}, \
@@ -343,11 +381,83 @@ def cmd_unrescue(st, args):
 
 
 def cmd_delete(st, args):
-    instance, _bdi = st.find(args.instance)
-    deleted = flows.destroy_disks(st.backend(instance.host), instance)
-    _rmdir(os.path.join(st.instances_path(instance.host), instance.uuid))
+    instance, bdi = st.find(args.instance)
+    backend = st.backend(instance.host)
+    # Records say what to delete; storage they do not describe is refused
+    # before anything is deleted (it may be a disk whose disks.json is gone).
+    unknown = _unrecorded(backend, instance, bdi)
+    if unknown:
+        raise exception.UnrecordedDisk(location=', '.join(unknown),
+                                       instance=instance.uuid,
+                                       action='delete')
+    deleted = flows.destroy_disks(backend, instance)
+    inst_dir = os.path.join(st.instances_path(instance.host), instance.uuid)
+    _remove_partials(inst_dir, deleted)
+    _rmdir(inst_dir)
     st.forget(instance)
     return {'deleted': deleted}, f'deleted {instance.name}: {deleted}'
+
+
+# Nova's per-instance formats file: metadata about disks, not a disk.
+LEGACY_DISK_INFO = 'disk.info'
+
+
+def _partial_of(filename: str) -> str | None:
+    """The disk (or records file) a leftover temporary file belongs to:
+    ``X.part``, ``X.converted.part`` (a fetch into a disk), a transport
+    staging directory ``.X.<random>.part``, ``.X.<random>.tmp`` (an atomic
+    write)."""
+    if filename.startswith('.'):
+        for tail in (names.PART_SUFFIX, '.tmp'):
+            if filename.endswith(tail):
+                return filename[1:-len(tail)].rpartition('.')[0] or None
+        return None
+    for tail in ('.converted' + names.PART_SUFFIX, names.PART_SUFFIX):
+        if filename.endswith(tail):
+            return filename[:-len(tail)]
+    return None
+
+
+def _unrecorded(backend, instance, bdi) -> list[str]:
+    """What the instance has on storage that no disk record describes:
+    files in its directory, and disks its mapping names elsewhere (an LV,
+    an RBD image) on the host's backend."""
+    records = {r.name for r in backend.records.list(instance.uuid)}
+    inst_dir = os.path.join(backend.conf.instances_path, instance.uuid)
+    found = []
+    try:
+        listing = sorted(os.listdir(inst_dir))
+    except FileNotFoundError:
+        listing = []
+    for filename in listing:
+        owner = _partial_of(filename) or filename
+        if owner not in records and owner not in (records_mod.RECORDS_FILE,
+                                                  LEGACY_DISK_INFO):
+            found.append(os.path.join(inst_dir, filename))
+    wanted = set(instance_mod.disk_mapping(instance, bdi)) | set(
+        instance_mod.rescue_mapping(instance))
+    for name in sorted(wanted - records):
+        try:
+            disk = backend.by_name(instance, name)
+            if disk.capabilities.file_in_instance_path:
+                continue  # files were looked at above
+            if disk.exists():
+                found.append(disk.location)
+        except exception.ImageBackendError:
+            continue  # the host's backend cannot be asked: nothing to see
+    return found
+
+
+def _remove_partials(inst_dir: str, deleted: list[str]) -> None:
+    """Temporary files a killed creation left beside disks now deleted."""
+    try:
+        listing = os.listdir(inst_dir)
+    except FileNotFoundError:
+        return
+    for filename in listing:
+        if _partial_of(filename) in set(deleted) | {records_mod.RECORDS_FILE} \
+                or filename == LEGACY_DISK_INFO:
+            fileutils.remove_path(os.path.join(inst_dir, filename))
 
 
 def cmd_cache_list(st, args):

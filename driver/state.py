@@ -8,7 +8,9 @@
 
 A host exists once ``host set`` made it (the default host, ``host-a``, is
 made on first use); any other host name is an error, never created by the
-command that names it.
+command that names it. An instance's definition is saved ``building``
+before a spawn makes any disk and ``active`` once it finished, so a spawn
+that died is listed and can be deleted.
 
 Every host is a directory on this machine; a LocalTransport maps host names
 to their instances_path, so migrations between hosts are real copies.
@@ -31,6 +33,10 @@ from driver import instance as instance_mod
 
 DEFAULT_STATE_DIR = '/var/tmp/imagebackend'
 DEFAULT_HOST = 'host-a'
+# Instance states: a spawn that has not finished (or died), and a whole one.
+BUILDING = 'building'
+ACTIVE = 'active'
+STATES = (BUILDING, ACTIVE)
 
 
 class UnknownHost(exception.InvalidInput):
@@ -135,43 +141,64 @@ class State:
                             names.check_instance_uuid(uuid) + '.json')
 
     def save(self, instance: instance_mod.Instance,
-             block_device_info: dict | None = None) -> None:
+             block_device_info: dict | None = None,
+             status: str = ACTIVE) -> None:
+        """Write the instance's definition (atomically), ``status``
+        saying whether its spawn finished."""
+        if status not in STATES:
+            raise exception.InvalidInput(reason=f'bad status {status!r}')
         data = dataclasses.asdict(instance)
         data['block_device_info'] = block_device_info or {}
+        data['status'] = status
         fileutils.atomic_write_json(self._instance_file(instance.uuid), data)
 
     def forget(self, instance: instance_mod.Instance) -> None:
         fileutils.remove_path(self._instance_file(instance.uuid))
 
-    def instances(self) -> list[tuple[instance_mod.Instance, dict]]:
+    def entries(self) -> list[tuple[instance_mod.Instance, dict, str]]:
+        """Every instance with its block device info and status."""
         found = []
         for name in sorted(os.listdir(self.instances_dir)):
-            if name.endswith('.json'):
+            # Hidden names are atomic_write_json's temporary files.
+            if name.endswith('.json') and not name.startswith('.'):
                 found.append(self._load(os.path.join(self.instances_dir,
                                                      name)))
         return found
 
-    def _load(self, path: str) -> tuple[instance_mod.Instance, dict]:
+    def instances(self) -> list[tuple[instance_mod.Instance, dict]]:
+        return [(i, b) for i, b, _s in self.entries()]
+
+    def _load(self, path: str
+              ) -> tuple[instance_mod.Instance, dict, str]:
         try:
             with open(path) as f:
                 data = json.load(f)
             bdi = data.pop('block_device_info', {})
+            # Definitions written before statuses were kept are whole.
+            status = data.pop('status', ACTIVE)
+            if status not in STATES:
+                raise ValueError(f'unknown status {status!r}')
             data['flavor'] = instance_mod.Flavor(**data['flavor'])
-            return instance_mod.Instance(**data), bdi
+            return instance_mod.Instance(**data), bdi, status
         except (ValueError, KeyError, TypeError) as e:
             raise exception.CorruptRecord(location=path, reason=str(e))
 
     def find(self, ref: str) -> tuple[instance_mod.Instance, dict]:
         """An instance by uuid, unique uuid prefix, or unique name."""
+        instance, bdi, _status = self.find_entry(ref)
+        return instance, bdi
+
+    def find_entry(self, ref: str
+                   ) -> tuple[instance_mod.Instance, dict, str]:
+        """:meth:`find`, with the instance's status."""
         if not isinstance(ref, str) or not ref.strip():
             # '' is a prefix of every uuid: it must never pick one.
             raise exception.InvalidInput(
                 reason='an instance reference must not be empty')
-        matches = [(i, b) for i, b in self.instances()
-                   if i.uuid == ref or i.name == ref]
+        entries = self.entries()
+        matches = [e for e in entries if e[0].uuid == ref or e[0].name == ref]
         if not matches:
-            matches = [(i, b) for i, b in self.instances()
-                       if i.uuid.startswith(ref)]
+            matches = [e for e in entries if e[0].uuid.startswith(ref)]
         if len(matches) != 1:
             raise exception.InvalidInput(
                 reason=f'{ref!r} matches {len(matches)} instances; give a '

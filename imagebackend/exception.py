@@ -121,3 +121,10 @@ class ProcessNoSpace(NoSpace, ProcessError):
     msg_fmt = ("Command %(cmd)s ran out of space (exit code %(exit_code)s)."
                "\nstdout: %(stdout)s\nstderr: %(stderr)s")
 
+
+class UnrecordedDisk(RecordNotFound):
+    """Storage of an instance that no record describes: it is not deleted
+    (nor adopted) by a caller that only knows what records say."""
+
+    msg_fmt = ("%(location)s of instance %(instance)s is described by no "
+               "disk record; refusing to %(action)s it.")

@@ -127,6 +127,102 @@ def test_an_empty_reference_matches_no_instance(ib):
     assert len(os.listdir(_host_dir(ib))) == 3  # _base, locks, instance
 
 
+# -- delete refuses what records do not describe ------------------------------
+
+def test_delete_refuses_disks_without_records(ib):
+    assert ib('image', 'create-sample', 'img', '--size', '16M')[0] == 0
+    view = _spawn(ib, '--root-gb', '1', '--ephemeral-gb', '1')
+    inst_dir = os.path.join(_host_dir(ib), view['uuid'])
+    os.unlink(os.path.join(inst_dir, 'disks.json'))
+    before = tree(inst_dir)
+
+    code, err = ib('delete', 'vm')
+    assert code == 2 and err['error'] == 'UnrecordedDisk', err
+    assert 'no disk record' in err['message']
+    assert os.path.join(inst_dir, 'disk') in err['message']
+    # Nothing deleted: the disks, and the instance that owns them.
+    assert tree(inst_dir) == before
+    assert [i['uuid'] for i in ib('list')[1]] == [view['uuid']]
+
+
+# -- a spawn killed mid-way -----------------------------------------------------
+
+# Stands in for ``mkfs`` (the ephemeral disk's template step): says it has
+# started by writing to the fifo $IB_STEP_READY (which blocks until the test
+# reads it), then waits until the test closes the fifo $IB_STEP_HOLD.
+_BLOCKING_MKFS = '''#!/bin/sh
+echo "mkfs $$" > "$IB_STEP_READY"
+cat "$IB_STEP_HOLD" > /dev/null
+exit 1
+'''
+
+
+def test_spawn_killed_mid_way_is_listed_and_deletable(ib, tmp_path):
+    assert ib('image', 'create-sample', 'img', '--size', '16M')[0] == 0
+    shims = tmp_path / 'shims'
+    shims.mkdir()
+    (shims / 'mkfs').write_text(_BLOCKING_MKFS)
+    (shims / 'mkfs').chmod(0o755)
+    ready, hold = str(tmp_path / 'ready'), str(tmp_path / 'hold')
+    os.mkfifo(ready)
+    os.mkfifo(hold)
+    env = _env(str(shims))
+    env.update(IB_STEP_READY=ready, IB_STEP_HOLD=hold)
+    proc = subprocess.Popen(
+        ib.argv + ['spawn', '--image', 'img', '--name', 'vm', '--root-gb',
+                   '1', '--ephemeral-gb', '1'],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        # The named step: root disk made, the ephemeral template's mkfs
+        # started. Blocks until the shim writes (or the spawn ends).
+        with open(ready) as f:
+            started = f.read()
+        assert started.startswith('mkfs '), proc.communicate()
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        # Let the orphaned shim go.
+        try:
+            fd = os.open(hold, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        except OSError:
+            pass
+
+    # What it left: a created root disk pinning the image's cache entry.
+    code, listed = ib('list')
+    assert code == 0 and len(listed) == 1, listed
+    assert listed[0]['name'] == 'vm' and listed[0]['status'] == 'building'
+    uuid = listed[0]['uuid']
+    inst_dir = os.path.join(_host_dir(ib), uuid)
+    assert os.path.exists(os.path.join(inst_dir, 'disk'))
+    code, shown = ib('show', uuid)
+    assert code == 0 and shown['status'] == 'building'
+    assert [d['name'] for d in shown['disks']] == ['disk']
+    code, entries = ib('cache', 'list')
+    image_entry = hashlib.sha1(b'img').hexdigest()
+    assert {e['name']: e['users'] for e in entries}[image_entry] == 1
+
+    # Nothing but delete works on it.
+    code, err = ib('resize', 'vm', '--root-gb', '2')
+    assert code == 2 and 'building' in err['message']
+
+    code, deleted = ib('delete', 'vm')
+    assert code == 0 and deleted['deleted'] == ['disk'], deleted
+    assert not os.path.exists(inst_dir)
+    assert ib('list')[1] == []
+    code, cleaned = ib('cache', 'clean', '--min-age', '0')
+    assert code == 0 and image_entry in cleaned['removed'], cleaned
+    # The killed template step's partial file went too.
+    assert [n for n in os.listdir(os.path.join(_host_dir(ib), '_base'))
+            if n.endswith('.part')] == []
+
+
 # -- cache clean removes what killed fetches left -----------------------------
 
 def test_cache_clean_removes_stale_part_files(ib):
