@@ -18,6 +18,7 @@ run() {
 }
 
 run image create-sample demo-image --size 1G
+run host set host-b
 run spawn --image demo-image --name "$NAME" --host host-a \
     --root-gb 2 --ephemeral-gb 1 --swap-mb 256 --config-drive
 run resize "$NAME" --root-gb 4
