@@ -9,6 +9,7 @@ Every command prints a table for people, or JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,6 +21,7 @@ from oslo_utils import units
 from imagebackend import cache_manager
 from imagebackend import exception
 from imagebackend import fileutils
+from imagebackend import locks
 from imagebackend import names
 from imagebackend import records as records_mod
 from imagebackend import sources
@@ -137,6 +139,26 @@ def _instance_text(view: dict) -> str:
     return head + '\n' + show_disks(view['disks'])
 
 
+@contextlib.contextmanager
+def _instance_locked(st, ref: str, active: bool = True):
+    """Yield ``(instance, bdi)`` read again under the instance's lock on its
+    host: a command decides and acts on what is true while it holds it (a
+    concurrent migrate may have moved it: then lock on its new host). With
+    ``active``, an instance whose spawn did not finish is refused."""
+    instance, _bdi = st.find(ref)
+    while True:
+        host = instance.host
+        with locks.instance_lock(locks.lock_dir(st.instances_path(host)),
+                                 instance.uuid):
+            if active:
+                instance, bdi = _require_active(st, instance.uuid)
+            else:
+                instance, bdi = st.find(instance.uuid)
+            if instance.host == host:
+                yield instance, bdi
+                return
+
+
 # -- commands ------------------------------------------------------------------
 
 def cmd_image_create_sample(st, args):
@@ -219,13 +241,14 @@ def cmd_spawn(st, args):
     start = time.monotonic()
     # Saved before any disk is made: a spawn that dies is listed (building)
     # and `delete` finds its disks; never a disk nobody knows of.
-    st.save(instance, bdi, status=state_mod.BUILDING)
-    try:
-        created = flows.spawn(backend, None, instance, mapping, bdi)
-    except BaseException:
-        _forget_if_empty(st, backend, instance)
-        raise
-    st.save(instance, bdi)
+    with flows.instance_lock(backend, instance):
+        st.save(instance, bdi, status=state_mod.BUILDING)
+        try:
+            created = flows.spawn(backend, None, instance, mapping, bdi)
+        except BaseException:
+            _forget_if_empty(st, backend, instance)
+            raise
+        st.save(instance, bdi)
     view = _instance_view(instance, bdi, backend)
     view['created'] = created
     view['seconds'] = round(time.monotonic() - start, 3)
@@ -288,13 +311,13 @@ def cmd_show(st, args):
 
 def cmd_resize(st, args):
     """A resize on the same host: grow disks in place, recreate swap."""
-    instance, bdi = _require_active(st, args.instance)
-    backend = st.backend(instance.host)
-    old = instance.flavor
-    instance.flavor = _flavor(args, old)
-    mapping = instance_mod.disk_mapping(instance, bdi)
-    done = flows.finish_migration(backend, None, instance, mapping, bdi)
-    st.save(instance, bdi)
+    with _instance_locked(st, args.instance) as (instance, bdi):
+        backend = st.backend(instance.host)
+        old = instance.flavor
+        instance.flavor = _flavor(args, old)
+        mapping = instance_mod.disk_mapping(instance, bdi)
+        done = flows.finish_migration(backend, None, instance, mapping, bdi)
+        st.save(instance, bdi)
     view = _instance_view(instance, bdi, backend)
     view['changes'] = done
     return view, (f"resized: grown {done['grown'] or 'nothing'}, created "
@@ -303,7 +326,11 @@ def cmd_resize(st, args):
 
 def cmd_migrate(st, args):
     """Cold migration (optionally with a new flavor) to another host."""
-    instance, bdi = _require_active(st, args.instance)
+    with _instance_locked(st, args.instance) as (instance, bdi):
+        return _migrate(st, args, instance, bdi)
+
+
+def _migrate(st, args, instance, bdi):
     source_host = instance.host
     if args.to == source_host:
         raise exception.InvalidInput(reason='the instance is already on '
@@ -351,14 +378,14 @@ def _check_no_shrink(backend, instance, new) -> None:
 
 def cmd_live_migrate_prepare(st, args):
     """pre_live_migration on the destination: make its disks ready."""
-    instance, bdi = _require_active(st, args.instance)
-    source = st.backend(instance.host)
-    dest = st.backend(args.to)
-    records = source.records.list(instance.uuid)
-    mapping = instance_mod.disk_mapping(instance, bdi)
-    created = flows.pre_live_migration(dest, None, instance, mapping,
-                                       records, bdi,
-                                       source_host=instance.host)
+    with _instance_locked(st, args.instance) as (instance, bdi):
+        source = st.backend(instance.host)
+        dest = st.backend(args.to)
+        records = source.records.list(instance.uuid)
+        mapping = instance_mod.disk_mapping(instance, bdi)
+        created = flows.pre_live_migration(dest, None, instance, mapping,
+                                           records, bdi,
+                                           source_host=instance.host)
     rows = disk_rows(dest, instance)
     return {'instance': instance.uuid, 'host': args.to, 'created': created,
             'disks': rows}, (
@@ -367,34 +394,37 @@ def cmd_live_migrate_prepare(st, args):
 
 
 def cmd_rescue(st, args):
-    instance, bdi = _require_active(st, args.instance)
-    backend = st.backend(instance.host)
-    created = flows.rescue(backend, None, instance, args.image)
+    with _instance_locked(st, args.instance) as (instance, _bdi):
+        backend = st.backend(instance.host)
+        created = flows.rescue(backend, None, instance, args.image)
     return {'created': created, 'disks': disk_rows(backend, instance)}, \
         f'rescue disks created: {created}'
 
 
 def cmd_unrescue(st, args):
-    instance, _bdi = st.find(args.instance)
-    deleted = flows.unrescue(st.backend(instance.host), instance)
+    with _instance_locked(st, args.instance, active=False) as (instance, _bdi):
+        deleted = flows.unrescue(st.backend(instance.host), instance)
     return {'deleted': deleted}, f'rescue disks deleted: {deleted}'
 
 
 def cmd_delete(st, args):
-    instance, bdi = st.find(args.instance)
-    backend = st.backend(instance.host)
-    # Records say what to delete; storage they do not describe is refused
-    # before anything is deleted (it may be a disk whose disks.json is gone).
-    unknown = _unrecorded(backend, instance, bdi)
-    if unknown:
-        raise exception.UnrecordedDisk(location=', '.join(unknown),
-                                       instance=instance.uuid,
-                                       action='delete')
-    deleted = flows.destroy_disks(backend, instance)
-    inst_dir = os.path.join(st.instances_path(instance.host), instance.uuid)
-    _remove_partials(inst_dir, deleted)
-    _rmdir(inst_dir)
-    st.forget(instance)
+    with _instance_locked(st, args.instance, active=False) as (instance,
+                                                               bdi):
+        backend = st.backend(instance.host)
+        # Records say what to delete; storage they do not describe is
+        # refused before anything is deleted (it may be a disk whose
+        # disks.json is gone).
+        unknown = _unrecorded(backend, instance, bdi)
+        if unknown:
+            raise exception.UnrecordedDisk(location=', '.join(unknown),
+                                           instance=instance.uuid,
+                                           action='delete')
+        deleted = flows.destroy_disks(backend, instance)
+        inst_dir = os.path.join(st.instances_path(instance.host),
+                                instance.uuid)
+        _remove_partials(inst_dir, deleted)
+        _rmdir(inst_dir)
+        st.forget(instance)
     return {'deleted': deleted}, f'deleted {instance.name}: {deleted}'
 
 

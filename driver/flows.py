@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from imagebackend import disks as disks_mod
 from imagebackend import exception
+from imagebackend import locks
 from imagebackend import records as records_mod
 from imagebackend import revert
 
@@ -27,6 +28,15 @@ RESIZE_SNAPSHOT = 'nova-resize'  # Nova's name, for backends with snapshots
 RESCUE_SUFFIX = '.rescue'
 
 
+def instance_lock(backend, instance):
+    """The instance's lock on ``backend``'s host (:mod:`imagebackend.locks`).
+
+    Every flow here takes it around its decisions and changes; a driver may
+    hold it around several flows (it is re-entrant per thread).
+    """
+    return locks.instance_lock(backend.conf, instance.uuid)
+
+
 def spawn(backend, context: Any, instance, mapping: dict,
           block_device_info: dict | None = None) -> list[str]:
     """Create every local disk that does not exist yet.
@@ -36,13 +46,23 @@ def spawn(backend, context: Any, instance, mapping: dict,
     """
     todo = instance_disks.instance_disks(backend, instance, mapping,
                                          block_device_info)
-    return _create_missing(context, _not_recorded(backend, instance, todo))
+    with instance_lock(backend, instance):
+        return _create_missing(context,
+                               _not_recorded(backend, instance, todo))
 
 
 def _not_recorded(backend, instance, todo):
     """Skip disks whose record says they exist (on whatever backend made
     them: the host's images_type may have changed since); clear what a
-    creation that died left behind, so the disk is made again."""
+    creation that died left behind, so the disk is made again.
+
+    Only a caller holding the instance lock may take a ``creating`` record
+    for a dead creation: without it, it may be a creation in progress.
+    """
+    if not locks.held(backend.conf, instance.uuid):
+        raise exception.InvalidInput(
+            reason=f'instance {instance.uuid}: creating records are cleared '
+                   'only under the instance lock')
     records = {r.name: r for r in backend.records.list(instance.uuid)}
     for disk in todo:
         record = records.get(disk.name)
@@ -91,6 +111,13 @@ def finish_migration(backend, context: Any, instance, mapping: dict,
     disks (swap). A shrink is refused before anything changes. Each disk's
     backend and format come from its record, never from this host's config.
     """
+    with instance_lock(backend, instance):
+        return _finish_migration(backend, context, instance, mapping,
+                                 block_device_info, source_host)
+
+
+def _finish_migration(backend, context, instance, mapping, block_device_info,
+                      source_host):
     plan = []
     arrived = {r.name for r in backend.records.list(instance.uuid)}
     for wanted in instance_disks.instance_disks(backend, instance, mapping,
@@ -143,36 +170,43 @@ def finish_migration(backend, context: Any, instance, mapping: dict,
 def finish_revert_migration(backend, instance) -> None:
     """On the source, after a revert: undo what finish_migration did to
     shared disks (a snapshot rollback where the backend keeps one)."""
-    for record in backend.records.list(instance.uuid):
-        if not record.created:
-            continue
-        disk = backend.from_metadata(instance, record.name)
-        disk.rollback_to_snap(RESIZE_SNAPSHOT)
-        disk.remove_snap(RESIZE_SNAPSHOT, ignore_errors=True)
+    with instance_lock(backend, instance):
+        for record in backend.records.list(instance.uuid):
+            if not record.created:
+                continue
+            disk = backend.from_metadata(instance, record.name)
+            disk.rollback_to_snap(RESIZE_SNAPSHOT)
+            disk.remove_snap(RESIZE_SNAPSHOT, ignore_errors=True)
 
 
 def confirm_migration(backend, instance) -> None:
     """Drop what a revert would have needed."""
-    for record in backend.records.list(instance.uuid):
-        if record.created:
-            backend.from_metadata(instance, record.name).remove_snap(
-                RESIZE_SNAPSHOT, ignore_errors=True)
+    with instance_lock(backend, instance):
+        for record in backend.records.list(instance.uuid):
+            if record.created:
+                backend.from_metadata(instance, record.name).remove_snap(
+                    RESIZE_SNAPSHOT, ignore_errors=True)
 
 
 def destroy_disks(backend, instance, suffix: str = '') -> list[str]:
     """Delete the instance's local disks (those ending in ``suffix``) and
     their records; returns the names deleted."""
-    deleted = []
-    for record in backend.records.list(instance.uuid):
-        if not record.name.endswith(suffix):
-            continue
-        if record.created:
-            backend.from_metadata(instance, record.name).delete()
-        else:
-            # A creation that died: remove whatever it left, then the record.
-            backend.by_name(instance, record.name, record.backend).delete()
-        deleted.append(record.name)
-    return deleted
+    with instance_lock(backend, instance):
+        deleted = []
+        for record in backend.records.list(instance.uuid):
+            if not record.name.endswith(suffix):
+                continue
+            _disk_of(backend, instance, record).delete()
+            deleted.append(record.name)
+        return deleted
+
+
+def _disk_of(backend, instance, record):
+    """The disk a record names; a creation that died is opened on the
+    backend its record names, to remove whatever it left."""
+    if record.created:
+        return backend.from_metadata(instance, record.name)
+    return backend.by_name(instance, record.name, record.backend)
 
 
 def pre_live_migration(backend, context: Any, instance, mapping: dict,
@@ -196,20 +230,22 @@ def pre_live_migration(backend, context: Any, instance, mapping: dict,
         if name not in by_name:
             raise exception.RecordNotFound(disk_name=name,
                                            instance=instance.uuid)
-    todo = []
-    for name, record in sorted(by_name.items()):
-        if not record.created:
-            raise exception.IncompleteDisk(disk_name=name,
-                                           instance=instance.uuid,
-                                           state=record.state)
-        image = backend.by_name(instance, name, image_type=record.backend,
-                                disk_info_mapping=mapping.get(name))
-        if image.capabilities.shared_storage:
-            continue
-        if image.exists():
-            raise exception.DiskExists(location=image.location)
-        todo.append(_as_recorded(image, record, described.get(name)))
-    return _create_missing(context, todo, fallback=source_host)
+    with instance_lock(backend, instance):
+        todo = []
+        for name, record in sorted(by_name.items()):
+            if not record.created:
+                raise exception.IncompleteDisk(disk_name=name,
+                                               instance=instance.uuid,
+                                               state=record.state)
+            image = backend.by_name(instance, name,
+                                    image_type=record.backend,
+                                    disk_info_mapping=mapping.get(name))
+            if image.capabilities.shared_storage:
+                continue
+            if image.exists():
+                raise exception.DiskExists(location=image.location)
+            todo.append(_as_recorded(image, record, described.get(name)))
+        return _create_missing(context, todo, fallback=source_host)
 
 
 def _from_record(image, record, described, size
@@ -281,7 +317,9 @@ def rescue(backend, context: Any, instance, rescue_image_id: str | None = None,
     todo = instance_disks.instance_disks(
         backend, instance, mapping, suffix=RESCUE_SUFFIX,
         image_id=rescue_image_id or instance.image_ref)
-    return _create_missing(context, _not_recorded(backend, instance, todo))
+    with instance_lock(backend, instance):
+        return _create_missing(context,
+                               _not_recorded(backend, instance, todo))
 
 
 def unrescue(backend, instance) -> list[str]:
