@@ -352,7 +352,8 @@ def _migrate(st, args, instance, bdi):
     done = flows.finish_migration(dest, None, new, new_mapping, bdi,
                                   source_host=source_host)
     flows.confirm_migration(source, instance)
-    flows.destroy_disks(source, instance)
+    # Disks on shared storage are the destination's now: only forgotten.
+    flows.cleanup_migration_source(source, instance)
     _rmdir(os.path.join(st.instances_path(source_host), instance.uuid))
     st.save(new, bdi)
     view = _instance_view(new, bdi, dest)

@@ -201,6 +201,28 @@ def destroy_disks(backend, instance, suffix: str = '') -> list[str]:
         return deleted
 
 
+def cleanup_migration_source(backend, instance) -> list[str]:
+    """On the source of a finished cold migration: delete the disks that
+    were copied away, and forget (records only) those on shared storage,
+    which the destination now uses. Returns the names whose storage was
+    deleted.
+
+    Rescue disks never travel (``migration.migrate_disks``): they are
+    deleted wherever they are.
+    """
+    with instance_lock(backend, instance):
+        deleted = []
+        for record in backend.records.list(instance.uuid):
+            disk = _disk_of(backend, instance, record)
+            if disk.capabilities.shared_storage and \
+                    not record.name.endswith(RESCUE_SUFFIX):
+                backend.records.delete(instance.uuid, record.name)
+                continue
+            disk.delete()
+            deleted.append(record.name)
+        return deleted
+
+
 def _disk_of(backend, instance, record):
     """The disk a record names; a creation that died is opened on the
     backend its record names, to remove whatever it left."""

@@ -996,3 +996,26 @@ def test_migrate_disks_failing_send_sends_no_records(make_fx, host):
                                 transport.mock, bdi)
     transport.mock.put.assert_not_called()
 
+
+
+# == cleanup_migration_source =================================================
+
+def test_cleanup_migration_source_keeps_disks_on_shared_storage(
+        make_fx, host, monkeypatch):
+    """The source forgets disks on shared storage (the destination uses
+    them now) and deletes the rest; rescue disks never travel, so they are
+    deleted wherever they are. Asked of each disk's capabilities."""
+    monkeypatch.setattr(qcow2.Qcow2, 'capabilities', dataclasses.replace(
+        qcow2.Qcow2.capabilities, shared_storage=True))
+    fx, backend, inst, _bdi, _mapping, _recs = migrating_instance(make_fx,
+                                                                  host)
+    deleted = flows.cleanup_migration_source(backend, inst)
+
+    assert sorted(deleted) == ['disk.config', 'disk.eph0', 'disk.rescue']
+    for name in ('disk', 'disk.local', 'disk.swap', 'disk.eph1'):
+        assert not [c for c in call_names(fx, name)
+                    if c in ('delete', 'remove_disk')], name
+    for name in deleted:
+        assert mutations(fx, name) == ['delete'], name
+    # Nothing of the instance is left in the source's records.
+    assert {r.name for r in backend.records.list(inst.uuid)} <= set(deleted)
