@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import os
+import uuid as uuid_mod
 from typing import Any, Iterable
 
 from imagebackend import disks as disks_mod
@@ -110,22 +111,52 @@ def finish_migration(backend, context: Any, instance, mapping: dict,
     every ephemeral to the instance's (new) flavor; recreates disposable
     disks (swap). A shrink is refused before anything changes. Each disk's
     backend and format come from its record, never from this host's config.
+
+    All or nothing, as far as the storage allows. Steps run from the most
+    to the least reversible: existing disks are settled and their backing
+    checked (nothing the guest sees changes), missing disks are created
+    (undone by deleting them), disposable disks are made afresh (undone by
+    deleting the new one and making the old one again, as its record says:
+    its contents are disposable by definition), and only then, last, are
+    disks grown. A grow cannot be shrunk back on most backends, so it comes
+    after every other step has succeeded; where a later step fails, the
+    earlier grows are rolled back to a snapshot taken just before them on
+    backends that keep snapshots (Rbd), and stay grown (data intact, record
+    true to the disk) on the others.
+
+    One exception: a disk that arrived from another host and is to grow is
+    settled and checked just before its grow (settling may make its storage,
+    an LV from its transit file, which is then grown while it is the newest
+    volume). Those are copies: a failed migration is reverted on the
+    source, whose originals this never touches.
     """
     with instance_lock(backend, instance):
-        return _finish_migration(backend, context, instance, mapping,
-                                 block_device_info, source_host)
+        plan = _migration_plan(backend, instance, mapping,
+                               block_device_info, source_host)
+        return _finish(backend, context, instance, mapping, plan,
+                       source_host)
 
 
-def _finish_migration(backend, context, instance, mapping, block_device_info,
-                      source_host):
-    plan = []
+@dataclasses.dataclass
+class _Plan:
+    keep: list = dataclasses.field(default_factory=list)      # disks
+    create: list = dataclasses.field(default_factory=list)    # disks
+    recreate: list = dataclasses.field(default_factory=list)  # (old, new)
+    grow: list = dataclasses.field(default_factory=list)      # (disk, size)
+
+
+def _migration_plan(backend, instance, mapping, block_device_info,
+                    source_host) -> _Plan:
+    """Decide, from records read under the instance lock, what each disk
+    needs; refuse a shrink before anything changes."""
+    plan = _Plan()
     arrived = {r.name for r in backend.records.list(instance.uuid)}
     for wanted in instance_disks.instance_disks(backend, instance, mapping,
                                                 block_device_info):
         # A disk whose record arrived exists, even if its data is still in
         # transit form (an LV's contents as a file): settle() finishes it.
         if wanted.name not in arrived and not wanted.exists():
-            plan.append(('create', wanted, None))
+            plan.create.append(wanted)
             continue
         # No record for a disk that is here: on a destination that is an
         # error (RecordNotFound); only the host that made it may adopt it.
@@ -135,36 +166,80 @@ def _finish_migration(backend, context, instance, mapping, block_device_info,
         if wanted.disposable:
             # Made afresh as described today (a resize changes its size and
             # so its template), not as its record says it was first made.
-            plan.append(('recreate',
-                         dataclasses.replace(wanted, image=existing), None))
+            plan.recreate.append(
+                (existing, dataclasses.replace(wanted, image=existing)))
             continue
         disk = _from_record(existing, existing.record, wanted, wanted.size)
         current = existing.virtual_size()
         if disk.size and disk.size < current:
             raise exception.CannotShrink(path=existing.location,
                                          current=current, size=disk.size)
-        grow = disk.size if disk.size and disk.size > current else None
-        plan.append(('keep', disk, grow))
+        plan.keep.append(disk)
+        if disk.size and disk.size > current:
+            plan.grow.append((disk, disk.size))
+    return plan
 
+
+def _finish(backend, context, instance, mapping, plan: _Plan,
+            source_host) -> dict[str, list[str]]:
     done: dict[str, list[str]] = {'created': [], 'grown': [], 'checked': []}
+    undo_snaps = []
+    # (getattr: an Image made outside this library may not say.)
+    late = {id(d) for d, _size in plan.grow
+            if getattr(d.image, 'moved_from', None) is not None}
     with revert.Reverter() as undo:
-        for action, disk, grow in plan:
-            if action == 'recreate':
-                disk.image.delete()
-            if action in ('create', 'recreate'):
-                disk.create(context, fallback=source_host)
-                undo.add(disk.image.delete)
-                done['created'].append(disk.name)
-                continue
-            disk.image.settle()
-            disk.check_backing(context, fallback=source_host)
-            done['checked'].append(disk.name)
-            if grow:
-                # Backends with snapshots keep one so a revert can undo it.
-                disk.image.create_snap(RESIZE_SNAPSHOT)
-                disk.image.resize_image(grow)
-                done['grown'].append(disk.name)
+        for disk in plan.keep:
+            if id(disk) not in late:
+                _settle_and_check(context, disk, source_host)
+        for disk in plan.create:
+            disk.create(context, fallback=source_host)
+            undo.add(disk.image.delete)
+            done['created'].append(disk.name)
+        for old, new in plan.recreate:
+            record = old.record
+            old.delete()
+            # Registered first, so it runs after the new disk is deleted.
+            undo.add(functools.partial(_remake, backend, context, instance,
+                                       record, mapping.get(new.name)))
+            new.create(context, fallback=source_host)
+            undo.add(new.image.delete)
+            done['created'].append(new.name)
+        for i, (disk, size) in enumerate(plan.grow):
+            if id(disk) in late:
+                _settle_and_check(context, disk, source_host)
+            # Backends with snapshots keep one so a revert can undo it.
+            disk.image.create_snap(RESIZE_SNAPSHOT)
+            if i < len(plan.grow) - 1:
+                # A later grow may fail: a snapshot of this very moment
+                # (RESIZE_SNAPSHOT may be older: an unconfirmed resize).
+                snap = f'ib-undo-{uuid_mod.uuid4().hex[:12]}'
+                disk.image.create_snap(snap)
+                undo_snaps.append((disk.image, snap))
+                undo.add(functools.partial(_rollback, disk.image, snap))
+            disk.image.resize_image(size)
+            done['grown'].append(disk.name)
+    for image, snap in undo_snaps:
+        image.remove_snap(snap, ignore_errors=True)
+    done['checked'] = [d.name for d in plan.keep]
     return done
+
+
+def _settle_and_check(context, disk, source_host) -> None:
+    disk.image.settle()
+    disk.check_backing(context, fallback=source_host)
+
+
+def _remake(backend, context, instance, record, disk_info_mapping) -> None:
+    """Make a disposable disk again as ``record`` says it was."""
+    instance_disks.disposable_as_recorded(
+        backend, instance, record, disk_info_mapping).create(context)
+
+
+def _rollback(image, snap: str) -> None:
+    """Undo a grow: back to the snapshot taken just before it (a no-op on
+    backends without snapshots)."""
+    image.rollback_to_snap(snap)
+    image.remove_snap(snap, ignore_errors=True)
 
 
 def finish_revert_migration(backend, instance) -> None:

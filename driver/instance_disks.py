@@ -81,6 +81,26 @@ def instance_disks(backend, instance, mapping: dict,
                                  cache_name=tpl.cache_name)
 
 
+def disposable_as_recorded(backend, instance, record,
+                           disk_info_mapping=None) -> disks.CreatableDisk:
+    """A disposable disk (swap) as ``record`` says it was: on its recorded
+    backend, of its recorded size, from the template for that size. Its
+    contents carry nothing, so this is the disk the record describes; a
+    flow that replaced it makes it again with this when it must undo."""
+    if not record.name.startswith('disk.swap'):
+        raise exception.InvalidInput(
+            reason=f'disk {record.name} is not disposable: it cannot be '
+                   'made again from its record')
+    tpl = templates.Swap(record.virtual_size)
+    image = backend.by_name(instance, record.name, image_type=record.backend,
+                            disk_info_mapping=disk_info_mapping)
+    cache_name = record.source_id if record.source_type == 'func' \
+        else tpl.cache_name
+    return disks.DiskFromFunc(image=image, size=record.virtual_size,
+                              func=tpl, cache_name=cache_name,
+                              disposable=True)
+
+
 KNOWN = ('disk', 'disk.local', 'disk.swap', 'disk.config')
 
 

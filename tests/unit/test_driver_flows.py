@@ -101,11 +101,25 @@ def bound(call, method):
 
 def assert_kept(fx, name, check, grown):
     """A kept disk: settled and its backing checked (in either order), then,
-    if grown, a resize snapshot before the resize; nothing else changed."""
+    if grown, a resize snapshot before the resize (and, where a later grow
+    could fail, an undo snapshot taken before it and dropped after it);
+    nothing else changed."""
     done = mutations(fx, name)
     assert sorted(done[:2]) == sorted([check, 'settle']), (name, done)
-    assert done[2:] == (['create_snap', 'resize_image'] if grown else []), \
-        (name, done)
+    if not grown:
+        assert done[2:] == [], (name, done)
+        return
+    snaps = [c for c in fx.calls(name) if c[0] in ('create_snap',
+                                                   'remove_snap')]
+    if len(snaps) == 1:
+        assert done[2:] == ['create_snap', 'resize_image'], (name, done)
+        assert snaps[0][1] == ('nova-resize',)
+        return
+    assert done[2:] == ['create_snap', 'create_snap', 'resize_image',
+                        'remove_snap'], (name, done)
+    undo = snaps[1][1][0]
+    assert snaps[0][1] == ('nova-resize',) and undo.startswith('ib-undo-')
+    assert snaps[2][1] == (undo,) and snaps[2][2] == {'ignore_errors': True}
 
 
 def call_names(fx, name):
@@ -314,7 +328,11 @@ def test_finish_migration_snapshot_before_resize_on_grown_disks_only(make_fx,
     assert done['checked'] == RESIZED
     for name in ('disk.local', 'disk.eph0'):
         assert_kept(fx, name, 'check_backing_from_func', grown=True)
-        fx.disks[name].create_snap.assert_called_once_with('nova-resize')
+        assert fx.disks[name].create_snap.call_args_list[0] == \
+            mock.call('nova-resize')
+    # Only the last grow needs no undo snapshot: nothing comes after it.
+    assert fx.disks['disk.local'].create_snap.call_count == 2
+    fx.disks['disk.eph0'].create_snap.assert_called_once_with('nova-resize')
     for name, check in (('disk', 'check_backing_from_image'),
                         ('disk.eph1', 'check_backing_from_func')):
         assert_kept(fx, name, check, grown=False)
@@ -389,6 +407,58 @@ def test_finish_migration_recreated_swap_uses_todays_template(make_fx, host):
     assert mutations(fx, 'disk.swap') == ['delete', 'create_from_func']
     fx.disks['disk.swap'].create_from_func.assert_called_once_with(
         CTX, templates.Swap(512 * MiB), 'swap_512M', 512 * MiB, SRC)
+
+
+def test_finish_migration_failed_grow_undoes_grows_and_remakes_old_swap(
+        make_fx, host):
+    """Grows come last; when one fails, the grows before it go back to the
+    snapshot taken just before them (a no-op where a backend keeps none),
+    and the swap made afresh is replaced by the old one, as its record
+    says (a swap's contents carry nothing)."""
+    fx = make_fx(existing=['disk', 'disk.local', 'disk.swap'])
+    backend = imagebackend.Backend(conf=host)
+    inst = make_instance(root_gb=2, ephemeral_gb=3, swap=512)
+    mapping = instance_mod.disk_mapping(inst)
+    copied_disks(fx, {'disk': GiB, 'disk.local': GiB,
+                      'disk.swap': 256 * MiB})
+    give_record(fx, 'disk.swap', record(inst, 'disk.swap',
+                                        source=('func', 'swap_256M'),
+                                        size=256 * MiB))
+
+    def full(*_args, **_kwargs):
+        raise exception.ProcessError(cmd='lvextend', exit_code=5)
+    fx.disks['disk.local'].resize_image.side_effect = full
+    log = []
+    for method in ('delete', 'create_from_func', 'resize_image'):
+        record_calls(fx, ['disk', 'disk.local', 'disk.swap'], method, log)
+
+    with pytest.raises(exception.ProcessError):
+        flows.finish_migration(backend, CTX, inst, mapping)
+
+    # Grows last, after the swap was made afresh; undone newest first.
+    assert [(m, n) for m, n, _t in log] == [
+        ('delete', 'disk.swap'), ('create_from_func', 'disk.swap'),
+        ('resize_image', 'disk'), ('resize_image', 'disk.local'),
+        ('delete', 'disk.swap'), ('create_from_func', 'disk.swap')]
+
+    # The swap: old deleted, new made, then (undo) new deleted, old remade.
+    assert mutations(fx, 'disk.swap') == ['delete', 'create_from_func',
+                                          'delete', 'create_from_func']
+    made = fx.disks['disk.swap'].create_from_func.call_args_list
+    assert made == [
+        mock.call(CTX, templates.Swap(512 * MiB), 'swap_512M', 512 * MiB,
+                  None),
+        mock.call(CTX, templates.Swap(256 * MiB), 'swap_256M', 256 * MiB,
+                  None)]
+    # The root grew before the failure: back to its undo snapshot.
+    root = [c for c in fx.calls('disk') if c[0] in MUTATING][2:]
+    undo = root[1][1][0]
+    assert undo.startswith('ib-undo-')
+    assert root == [mock.call.create_snap('nova-resize'),
+                    mock.call.create_snap(undo),
+                    mock.call.resize_image(2 * GiB),
+                    mock.call.rollback_to_snap(undo),
+                    mock.call.remove_snap(undo, ignore_errors=True)]
 
 
 def test_finish_migration_creates_a_missing_swap(make_fx, host):
@@ -995,7 +1065,6 @@ def test_migrate_disks_failing_send_sends_no_records(make_fx, host):
         migration.migrate_disks(backend, inst, mapping, 'dest',
                                 transport.mock, bdi)
     transport.mock.put.assert_not_called()
-
 
 
 # == cleanup_migration_source =================================================
