@@ -13,6 +13,7 @@ import os
 import tempfile
 
 from imagebackend import fileutils
+from imagebackend import locks
 from imagebackend import records as records_mod
 
 from driver import instance_disks
@@ -23,27 +24,34 @@ def migrate_disks(backend, instance, mapping: dict, dest_host: str,
                   progress=None) -> list[str]:
     """Send the instance's disks and records to ``dest_host``; return the
     names of the disks whose data was copied. ``progress(disk name)``, if
-    given, returns the progress callback for that disk's copy."""
+    given, returns the progress callback for that disk's copy.
+
+    Runs under the instance's lock on this host: no disk changes (a resize,
+    a rescue) while it is being copied, and the records sent are the ones
+    the copies were made from."""
     described = {d.name: d for d in instance_disks.instance_disks(
         backend, instance, mapping, block_device_info)}
-    travelling, copied = [], []
-    for record in backend.records.list(instance.uuid):
-        if not record.created or record.name.endswith('.rescue'):
-            continue
-        wanted = described.get(record.name)
-        disk = backend.from_metadata(instance, record.name)
-        shared = disk.capabilities.shared_storage
-        # A disposable disk (swap) is recreated on the destination, unless
-        # it is on shared storage: then it is already there, record and all.
-        if wanted is not None and wanted.disposable and not shared:
-            continue
-        if not shared:
-            disk.send_to(transport, dest_host,
-                         progress=progress(record.name) if progress else None)
-            copied.append(record.name)
-        travelling.append(record)
-    _send_records(transport, dest_host, instance.uuid, travelling)
-    return copied
+    with locks.instance_lock(backend.conf, instance.uuid):
+        travelling, copied = [], []
+        for record in backend.records.list(instance.uuid):
+            if not record.created or record.name.endswith('.rescue'):
+                continue
+            wanted = described.get(record.name)
+            disk = backend.from_metadata(instance, record.name)
+            shared = disk.capabilities.shared_storage
+            # A disposable disk (swap) is recreated on the destination,
+            # unless it is on shared storage: then it is already there,
+            # record and all.
+            if wanted is not None and wanted.disposable and not shared:
+                continue
+            if not shared:
+                disk.send_to(transport, dest_host,
+                             progress=progress(record.name) if progress
+                             else None)
+                copied.append(record.name)
+            travelling.append(record)
+        _send_records(transport, dest_host, instance.uuid, travelling)
+        return copied
 
 
 def _send_records(transport, host: str, uuid: str, records) -> None:

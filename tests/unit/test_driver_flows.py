@@ -1088,3 +1088,29 @@ def test_cleanup_migration_source_keeps_disks_on_shared_storage(
         assert mutations(fx, name) == ['delete'], name
     # Nothing of the instance is left in the source's records.
     assert {r.name for r in backend.records.list(inst.uuid)} <= set(deleted)
+
+
+# == the instance lock ========================================================
+
+def test_flows_change_disks_only_under_the_instance_lock(make_fx, host):
+    """Every change a flow makes runs with the instance's lock held (taken
+    again by nested flows: it is re-entrant); none is left held after."""
+    from imagebackend import locks
+    fx, backend, inst, bdi, mapping, _recs = migrating_instance(make_fx,
+                                                                host)
+    seen = []
+
+    def held(*_args, **_kwargs):
+        seen.append(locks.held(host, inst.uuid))
+    for name in ('disk', 'disk.config', 'disk.eph0', 'disk.local'):
+        fx.disks[name].send_to.side_effect = held
+    for name in fx.disks:
+        fx.disks[name].delete.side_effect = held
+
+    migration.migrate_disks(backend, inst, mapping, 'dest',
+                            RecordingTransport().mock, bdi)
+    with locks.instance_lock(host, inst.uuid):
+        flows.destroy_disks(backend, inst)
+
+    assert seen and all(seen), seen
+    assert not locks.held(host, inst.uuid)
