@@ -20,6 +20,7 @@ import sys
 from oslo_utils.imageutils import format_inspector
 
 from imagebackend import exception
+from imagebackend import qcow2_check
 
 # Formats whose content is a plain block device image as far as the guest
 # is concerned (Nova treats iso as raw after inspection).
@@ -39,7 +40,23 @@ def detect(path: str, *, image_id: str = '?',
            vmdk_allowed_types: tuple[str, ...] = ('streamOptimized',
                                                   'monolithicSparse'),
            check_safety: bool = True) -> Inspection:
-    """What the bytes of ``path`` are, refusing anything unsafe."""
+    """What the bytes of ``path`` are, refusing anything unsafe.
+
+    Any failure of the inspectors themselves on malformed bytes (oslo's
+    VMDK inspector raises KeyError on some descriptors) is a refusal too,
+    never an untyped crash; only the file being unreadable is an OSError.
+    """
+    try:
+        return _detect(path, image_id, vmdk_allowed_types, check_safety)
+    except (exception.ImageBackendError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - hostile bytes, any parser bug
+        raise _refuse(image_id, 'inspection failed on malformed content '
+                                f'({type(e).__name__}: {e})')
+
+
+def _detect(path: str, image_id: str, vmdk_allowed_types: tuple[str, ...],
+            check_safety: bool) -> Inspection:
     header = read_parallels_header(path)
     if header is not None:
         return _inspect_parallels(path, header, image_id, check_safety)
@@ -50,11 +67,17 @@ def detect(path: str, *, image_id: str = '?',
     if detected is None:
         raise _refuse(image_id, 'format could not be determined')
     name = str(detected)
+    # An encrypted image cannot be opened without its key, which nothing
+    # here has: refused whatever the safety settings.
+    if name == 'luks':
+        raise _refuse(image_id, 'encrypted (LUKS) images are not supported')
+    if name == 'qcow2':
+        crypt = _qcow2(qcow2_check.encryption, path, image_id)
+        if crypt:
+            raise _refuse(image_id, f'encrypted qcow2 ({crypt}) images are '
+                                    'not supported')
     if check_safety:
-        try:
-            detected.safety_check()
-        except format_inspector.SafetyCheckFailed as e:
-            raise _refuse(image_id, f'safety check failed: {e}')
+        _safety_check(detected, path, image_id)
         if name == 'vmdk':
             allowed = {t.lower() for t in vmdk_allowed_types}
             vmdktype = getattr(detected, 'vmdktype', None)
@@ -67,9 +90,27 @@ def detect(path: str, *, image_id: str = '?',
         size = os.path.getsize(path)
     else:
         size = detected.virtual_size
-    if not size:
+    if not size or size < 0:
         raise _refuse(image_id, 'virtual size could not be determined')
     return Inspection(format=name, virtual_size=int(size))
+
+
+def _safety_check(detected, path: str, image_id: str) -> None:
+    """format_inspector's safety checks, except that a qcow2 whose only
+    "unknown" incompatible feature is one imagebackend knows (extended_l2,
+    which oslo does not know yet) passes."""
+    try:
+        detected.safety_check()
+    except format_inspector.SafetyCheckFailed as e:
+        failures = dict(e.failures)
+        if str(detected) == 'qcow2' and 'unknown_features' in failures:
+            unknown = _qcow2(qcow2_check.unknown_incompatible_features,
+                             path, image_id)
+            if not unknown:
+                del failures['unknown_features']
+        if failures:
+            raise _refuse(image_id, 'safety check failed: '
+                                    f'{", ".join(sorted(failures))}')
 
 
 def inspect(path: str, declared: str, *, image_id: str = '?',
@@ -239,29 +280,17 @@ def _inspect_parallels(path: str, header: ParallelsHeader, image_id: str,
 
 
 def _check_qcow2_tables(path: str, image_id: str) -> None:
-    """Refuse a qcow2 whose L1 or refcount table lies past its end.
+    """Refuse a qcow2 any of whose tables or data clusters lies past its
+    end (a truncated download: qemu would read what is missing as zeros).
+    See :mod:`imagebackend.qcow2_check`."""
+    _qcow2(qcow2_check.check, path, image_id)
 
-    format_inspector reads only the header, so a truncated download with a
-    whole header passes, and qemu reads the missing tables as zeros: the
-    image becomes an all-zero disk without a word. Header fields (big
-    endian): cluster_bits @20, l1_size @36, l1_table_offset @40,
-    refcount_table_offset @48.
-    """
-    with open(path, 'rb') as f:
-        header = f.read(60)
-        end = os.fstat(f.fileno()).st_size
-    (cluster_bits,) = struct.unpack_from('>I', header, 20)
-    l1_size, l1_offset, rc_offset = struct.unpack_from('>IQQ', header, 36)
-    if not 9 <= cluster_bits <= 21:
-        raise _refuse(image_id, f'qcow2 cluster_bits {cluster_bits} invalid')
-    # The refcount table always has a first entry; the L1 table is written
-    # whole (l1_size 8-byte entries).
-    for what, offset, length in (('refcount table', rc_offset, 8),
-                                 ('L1 table', l1_offset, 8 * l1_size)):
-        if length and offset + length > end:
-            raise _refuse(image_id, f'qcow2 {what} at offset {offset} lies '
-                                    f'past the end of the file ({end} '
-                                    'bytes): truncated or corrupt')
+
+def _qcow2(func, path: str, image_id: str):
+    try:
+        return func(path)
+    except qcow2_check.Qcow2Problem as e:
+        raise _refuse(image_id, f'qcow2: {e}: truncated or corrupt')
 
 
 def _refuse(image_id: str, reason: str) -> exception.ImageUnacceptable:
