@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -131,31 +132,139 @@ def clone_or_sparse_copy(src: str, dst: str) -> str:
         return 'sparse'
 
 
-class SparseWriter:
-    """Write a stream to a file, leaving all-zero chunks as holes.
+# -- the block-list digest ----------------------------------------------------
+#
+# A plain sha256 of a file costs time proportional to its size, holes
+# included: hours for a sparse multi-TiB base. The cache's digest instead
+# covers the file as fixed 1 MiB blocks (block i = bytes [i MiB, (i+1) MiB)):
+#
+#   sha256( for every block that is not all zeros, in order:
+#               index (8 bytes, big endian) || sha256(block)
+#           then b'size' || file size (8 bytes, big endian) )
+#
+# An all-zero block contributes nothing, whether it is a hole or written
+# zeros, so the digest does not depend on how sparse the file is, and
+# computing it reads only allocated extents: cost proportional to data.
+# The value is labelled (``DIGEST_PREFIX``) so a sidecar says which
+# algorithm made it; a bare 64-hex value is a plain sha256 (older sidecars).
 
-    Also hashes every byte (sha256), so a download is digested as it lands.
+DIGEST_BLOCK = CHUNK
+DIGEST_PREFIX = 'sha256-blocks-1MiB:'
+_PLAIN_SHA256 = re.compile(r'[0-9a-f]{64}')
+
+
+class BlockDigest:
+    """Accumulates the block-list digest; blocks are fed in index order."""
+
+    def __init__(self) -> None:
+        self._outer = hashlib.sha256()
+        self._last = -1
+
+    def add(self, index: int, block: bytes) -> None:
+        if index <= self._last:
+            raise ValueError('blocks must be added in increasing order')
+        self._last = index
+        if block == _ZEROS[:len(block)]:
+            return
+        self._outer.update(index.to_bytes(8, 'big') +
+                           hashlib.sha256(block).digest())
+
+    def hexdigest(self, size: int) -> str:
+        outer = self._outer.copy()
+        outer.update(b'size' + size.to_bytes(8, 'big'))
+        return DIGEST_PREFIX + outer.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """The block-list digest of ``path``; reads only allocated extents."""
+    digest = BlockDigest()
+    with open(path, 'rb') as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        done = -1
+        for offset, length in _data_extents(fd, size):
+            first = max(offset // DIGEST_BLOCK, done + 1)
+            last = (min(offset + length, size) - 1) // DIGEST_BLOCK
+            for index in range(first, last + 1):
+                start = index * DIGEST_BLOCK
+                block = os.pread(fd, min(DIGEST_BLOCK, size - start), start)
+                digest.add(index, block)
+                done = index
+    return digest.hexdigest(size)
+
+
+def digest_algorithm(recorded: str) -> str:
+    """``'blocks'`` or ``'sha256'`` (plain, legacy) for a recorded digest;
+    ValueError for anything else."""
+    if isinstance(recorded, str):
+        if recorded.startswith(DIGEST_PREFIX) and _PLAIN_SHA256.fullmatch(
+                recorded[len(DIGEST_PREFIX):]):
+            return 'blocks'
+        if _PLAIN_SHA256.fullmatch(recorded):
+            return 'sha256'
+    raise ValueError(f'unknown digest {recorded!r}')
+
+
+def digest_matches(path: str, recorded: str) -> bool:
+    """Whether ``path`` has the digest ``recorded``, by the algorithm that
+    made it. A legacy plain sha256 is verified the legacy way (cost
+    proportional to the file's size, holes included)."""
+    if digest_algorithm(recorded) == 'blocks':
+        return file_digest(path) == recorded
+    return sha256_file(path) == recorded
+
+
+class SparseWriter:
+    """Write a stream to a file, leaving all-zero blocks as holes.
+
+    Also digests the stream as it lands: :meth:`digest` is the block-list
+    digest :func:`file_digest` gives the finished file (``sha256`` is a
+    plain sha256 of every byte, for callers that want one).
     """
 
     def __init__(self, fileobj):
         self._f = fileobj
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self._blocks = BlockDigest()
+        self._buf = bytearray()
 
     @nospace.guarded(lambda self, *a: self._f.name)
     def write(self, chunk: bytes) -> None:
         self.sha256.update(chunk)
-        if chunk == _ZEROS[:len(chunk)]:
-            self._f.seek(len(chunk), os.SEEK_CUR)
+        view = memoryview(chunk)
+        while view:
+            n = min(DIGEST_BLOCK - len(self._buf), len(view))
+            if not self._buf and n == DIGEST_BLOCK:
+                self._flush_block(view[:n])  # a whole aligned block: no copy
+            else:
+                self._buf += view[:n]
+                if len(self._buf) == DIGEST_BLOCK:
+                    self._flush_block(self._buf)
+                    self._buf = bytearray()
+            view = view[n:]
+
+    def _flush_block(self, block) -> None:
+        block = bytes(block)
+        self._blocks.add(self.size // DIGEST_BLOCK, block)
+        if block == _ZEROS[:len(block)]:
+            self._f.seek(len(block), os.SEEK_CUR)
         else:
-            self._f.write(chunk)
-        self.size += len(chunk)
+            self._f.write(block)
+        self.size += len(block)
 
     @nospace.guarded(lambda self, *a: self._f.name)
     def close(self) -> None:
+        if self._buf:
+            self._flush_block(self._buf)
+            self._buf = bytearray()
         self._f.truncate(self.size)
         self._f.flush()
         os.fsync(self._f.fileno())
+
+    def digest(self) -> str:
+        """The block-list digest of what was written (after close)."""
+        return self._blocks.hexdigest(self.size)
 
 
 def sha256_file(path: str) -> str:
