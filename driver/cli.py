@@ -510,12 +510,15 @@ def cmd_cache_list(st, args):
 
 
 def cmd_cache_verify(st, args):
-    result = cache_manager.verify(st.backend(args.host), args.name)
+    """Exit 1 if any entry has a problem (digest mismatch, data or sidecar
+    missing, sidecar unreadable), listing each."""
+    status = cache_manager.check(st.backend(args.host), args.name)
+    result = {n: s == cache_manager.OK for n, s in status.items()}
     bad = sorted(n for n, ok in result.items() if not ok)
-    text = table([{'name': n, 'ok': 'ok' if ok else 'MISMATCH'}
-                  for n, ok in sorted(result.items())],
-                 [('name', 'ENTRY'), ('ok', 'SHA256')])
-    return {'entries': result, 'bad': bad}, text, (1 if bad else 0)
+    text = table([{'name': n, 'status': s} for n, s in sorted(status.items())],
+                 [('name', 'ENTRY'), ('status', 'STATUS')])
+    return {'entries': result, 'status': status, 'bad': bad}, text, \
+        (1 if bad else 0)
 
 
 def cmd_cache_clean(st, args):

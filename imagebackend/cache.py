@@ -2,9 +2,21 @@
 
 Entries are named as Nova names them (sha1 of the image id for images; the
 caller's cache name for templates). Each entry ``X`` has a sidecar
-``X.meta.json`` (format, virtual size, sha256, provenance) written before
+``X.meta.json`` (format, virtual size, digest, provenance) written before
 the data is renamed into place, so a present entry always has its sidecar
 and nothing has to re-inspect it later.
+
+Nothing in ``_base`` is trusted because it is there. The sidecar's
+``sha256`` field holds the data's digest (the block-list digest of
+:func:`fileutils.file_digest`, labelled; older sidecars hold a plain sha256
+and still verify) and ``data_stat`` the data file's size, mtime and inode
+when its digest was last checked. Before an entry is used for a new disk,
+a changed ``data_stat`` means a full re-hash, and data that no longer
+matches its digest is refused (:class:`exception.CorruptCacheEntry`), as is
+an unreadable or malformed sidecar: neither is ever rebuilt from the
+current bytes. Hashing a large base on every spawn would cost what the
+cache saves, hence the stat fingerprint; the cache marks an entry used by
+its access time (``touch``), so its mtime moves only when its bytes do.
 
 Creation runs under an oslo.concurrency external lock named after the entry
 (``nova-<name>`` in ``<instances_path>/locks``, Nova's lock, so hosts sharing
@@ -17,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import numbers
 import os
 import time
 from typing import Any, Callable
@@ -49,11 +62,60 @@ class CacheEntry:
     source: str             # image id, or the template's cache name
     provenance: str = 'fetched'   # fetched | generated | side-loaded | adopted
     created_at: float = dataclasses.field(default_factory=time.time)
+    # The data file's {size, mtime_ns, ino} when its digest was last
+    # checked (None: never, an older sidecar).
+    data_stat: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         del d['path']  # the path is where the sidecar sits
         return d
+
+
+def data_stat(st: os.stat_result) -> dict[str, int]:
+    """What must not change for data to keep a verified digest."""
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns,
+            'ino': st.st_ino}
+
+
+def last_used(st: os.stat_result) -> float:
+    """When an entry was last used: :meth:`ImageCache.touch` sets its access
+    time (not its mtime, which stays the data's)."""
+    return max(st.st_atime, st.st_mtime)
+
+
+_STR_FIELDS = ('name', 'format', 'kind', 'source', 'provenance')
+
+
+def _entry_from_sidecar(name: str, path: str, data: Any) -> CacheEntry:
+    """A CacheEntry from a parsed sidecar; ValueError if it is malformed."""
+    if not isinstance(data, dict):
+        raise ValueError('not a JSON object')
+    missing = {'name', 'format', 'virtual_size', 'sha256', 'kind',
+               'source'} - set(data)
+    if missing:
+        raise ValueError(f'missing fields {sorted(missing)}')
+    for key in _STR_FIELDS:
+        if key in data and not isinstance(data[key], str):
+            raise ValueError(f'{key} is not a string')
+    if data['name'] != name:
+        raise ValueError(f'it describes entry {data["name"]!r}')
+    size = data['virtual_size']
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f'virtual_size {size!r} is not a positive integer')
+    fileutils.digest_algorithm(data['sha256'])  # ValueError if unknown
+    created = data.get('created_at', 0.0)
+    if isinstance(created, bool) or not isinstance(created, numbers.Real):
+        raise ValueError('created_at is not a number')
+    stat = data.get('data_stat')
+    if stat is not None and not (
+            isinstance(stat, dict) and set(stat) == {'size', 'mtime_ns', 'ino'}
+            and all(isinstance(v, int) and not isinstance(v, bool)
+                    for v in stat.values())):
+        raise ValueError('data_stat is malformed')
+    known = {f.name for f in dataclasses.fields(CacheEntry)} - {'path'}
+    return CacheEntry(path=path, **{k: v for k, v in data.items()
+                                    if k in known})
 
 
 class ImageCache:
@@ -86,25 +148,72 @@ class ImageCache:
     # -- reading -----------------------------------------------------------
 
     def get(self, name: str) -> CacheEntry | None:
-        """The entry if it is complete (data and sidecar), else None."""
+        """The entry if it is complete (data and sidecar), else None.
+
+        None also for data without a sidecar (a Nova-era base: see
+        :meth:`check`). A sidecar that cannot be read or parsed, or whose
+        fields are missing or of the wrong type, raises CorruptCacheEntry.
+        """
         path = self.path(name)
+        sidecar = path + names.META_SUFFIX
         try:
-            with open(path + names.META_SUFFIX) as f:
+            with open(sidecar) as f:
                 data = json.load(f)
         except FileNotFoundError:
             return None
-        except ValueError:
-            LOG.warning('ignoring unreadable cache sidecar of %s', name)
-            return None
+        except (ValueError, OSError) as e:  # UnicodeDecodeError too
+            raise self._corrupt(name, f'unreadable sidecar {sidecar}: {e}')
         if not os.path.exists(path):
             return None
         try:
-            return CacheEntry(path=path, **data)
-        except TypeError:
-            LOG.warning('ignoring malformed cache sidecar of %s', name)
+            return _entry_from_sidecar(name, path, data)
+        except ValueError as e:
+            raise self._corrupt(name, f'malformed sidecar {sidecar}: {e}')
+
+    def _corrupt(self, name: str, reason: str) -> exception.CorruptCacheEntry:
+        return exception.CorruptCacheEntry(name=name, path=self.path(name),
+                                           reason=reason)
+
+    def check(self, name: str) -> CacheEntry | None:
+        """The entry ``name`` if its data still has its digest; None if
+        there is no entry. Raise CorruptCacheEntry for data without a
+        sidecar, a broken sidecar, or data that changed.
+
+        The full digest is recomputed only when the data file's size, mtime
+        or inode differ from ``data_stat`` (or it was never recorded); a
+        match records the new ``data_stat``.
+        """
+        path = self.path(name)
+        entry = self.get(name)
+        if entry is None:
+            if os.path.exists(path):
+                raise self._corrupt(
+                    name, 'its data has no sidecar, so nothing says what '
+                          'its bytes should be; remove the entry to fetch '
+                          'or make it again')
             return None
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if entry.data_stat == data_stat(st):
+            return entry
+        try:
+            matches = fileutils.digest_matches(path, entry.sha256)
+        except FileNotFoundError:
+            return None  # removed meanwhile (cache clean): no entry
+        if not matches:
+            raise self._corrupt(
+                name, 'its data no longer matches the digest in its sidecar '
+                      '(changed since it was cached); remove the entry to '
+                      'fetch or make it again')
+        entry = dataclasses.replace(entry, data_stat=data_stat(st))
+        fileutils.atomic_write_json(path + names.META_SUFFIX, entry.to_dict())
+        return entry
 
     def entries(self) -> list[CacheEntry]:
+        """Every complete entry; broken ones are left out (with a warning):
+        see :func:`cache_manager.verify` for what is wrong with them."""
         try:
             listing = sorted(os.listdir(self.base_dir))
         except FileNotFoundError:
@@ -114,15 +223,21 @@ class ImageCache:
             # ``X.part.meta.json`` is a killed side-load's, not a sidecar.
             if n.endswith(names.META_SUFFIX) and not n.endswith(
                     names.PART_SUFFIX + names.META_SUFFIX):
-                entry = self.get(n[:-len(names.META_SUFFIX)])
+                try:
+                    entry = self.get(n[:-len(names.META_SUFFIX)])
+                except exception.CorruptCacheEntry as e:
+                    LOG.warning('%s', e)
+                    continue
                 if entry:
                     found.append(entry)
         return found
 
     def touch(self, entry: CacheEntry) -> None:
-        """Mark an entry used now (the cache manager ages by mtime)."""
+        """Mark an entry used now: its access time (the cache manager ages
+        by :func:`last_used`); the mtime is left to the data's changes."""
         try:
-            os.utime(entry.path)
+            st = os.stat(entry.path)
+            os.utime(entry.path, ns=(time.time_ns(), st.st_mtime_ns))
         except OSError:  # read-only or foreign-owned NFS entry: not fatal
             pass
 
@@ -132,12 +247,11 @@ class ImageCache:
                     fallback: str | None = None) -> CacheEntry:
         """The cache entry for ``image_id``, fetched if it is not cached."""
         name = names.image_cache_name(image_id)
-        entry = self.get(name)
+        entry = self.check(name)
         if entry is None:
             self.ensure_dirs()
             with self.lock(name):
-                entry = self.get(name) or self._adopt(name, 'image',
-                                                      image_id)
+                entry = self.check(name)
                 if entry is None:
                     entry = self.fetch_into(context, image_id, self.path(name),
                                             fallback=fallback)
@@ -172,18 +286,17 @@ class ImageCache:
                     writer.write(chunk)
                 writer.close()
             fmt, size = self._check(part, meta, image_id)
-            digest = writer.sha256.hexdigest()
+            digest = writer.digest()
             if fmt != 'raw' and self.conf.force_raw_images:
                 qemu.convert(part, fmt, converted, 'raw')
                 fileutils.fsync_file(converted)
                 os.replace(converted, part)
                 fmt = 'raw'
-                digest = fileutils.sha256_file(part)
+                digest = fileutils.file_digest(part)
             entry = CacheEntry(name=name, path=target, format=fmt,
                                virtual_size=size, sha256=digest,
                                kind='image', source=image_id)
-            self._publish(part, entry)
-            return entry
+            return self._publish(part, entry)
         finally:
             fileutils.remove_path(part)
             fileutils.remove_path(converted)
@@ -221,12 +334,11 @@ class ImageCache:
         were made from.
         """
         names.check_cache_name(cache_name)
-        entry = self.get(cache_name)
+        entry = self.check(cache_name)
         if entry is None:
             self.ensure_dirs()
             with self.lock(cache_name):
-                entry = self.get(cache_name) or self._adopt(
-                    cache_name, 'template', cache_name)
+                entry = self.check(cache_name)
                 if entry is None and fallback and self.transport:
                     try:
                         entry = self.side_load(fallback, cache_name,
@@ -252,23 +364,27 @@ class ImageCache:
             # Templates are raw files the library's own functions wrote.
             entry = CacheEntry(name=cache_name, path=target, format='raw',
                                virtual_size=os.path.getsize(part),
-                               sha256=fileutils.sha256_file(part),
+                               sha256=fileutils.file_digest(part),
                                kind='template', source=cache_name,
                                provenance='generated')
-            self._publish(part, entry)
-            return entry
+            return self._publish(part, entry)
         finally:
             fileutils.remove_path(part)
 
     # -- shared steps ------------------------------------------------------
 
-    def _publish(self, part: str, entry: CacheEntry) -> None:
-        """Sidecar first, then the data: a present entry has its sidecar."""
+    def _publish(self, part: str, entry: CacheEntry) -> CacheEntry:
+        """Sidecar first, then the data: a present entry has its sidecar.
+        The data's stat is recorded with the digest just computed from it
+        (a rename keeps the inode and mtime)."""
         if os.path.dirname(entry.path) == self.base_dir:
+            entry = dataclasses.replace(entry,
+                                        data_stat=data_stat(os.stat(part)))
             fileutils.atomic_write_json(entry.path + names.META_SUFFIX,
                                         entry.to_dict())
         os.rename(part, entry.path)
         fileutils.fsync_dir(os.path.dirname(entry.path))
+        return entry
 
     def side_load(self, host: str, name: str, kind: str, source: str,
                    target: str) -> CacheEntry:
@@ -281,40 +397,25 @@ class ImageCache:
             with open(meta_part) as f:
                 remote = json.load(f)
             self.transport.fetch(host, rel, part)
-            digest = fileutils.sha256_file(part)
-            if digest != remote.get('sha256'):
+            # The remote's digest, by its algorithm (an older host's plain
+            # sha256 too), is kept: records elsewhere quote it.
+            digest = remote.get('sha256')
+            if not fileutils.digest_matches(part, digest):
                 raise exception.TransportError(
                     what=rel, host=host,
-                    reason='sha256 of the copy does not match its record')
+                    reason='digest of the copy does not match its record')
             entry = CacheEntry(name=name, path=target,
                                format=remote['format'],
                                virtual_size=int(remote['virtual_size']),
                                sha256=digest, kind=kind, source=source,
                                provenance='side-loaded')
-            self._publish(part, entry)
-            return entry
-        except (ValueError, KeyError, OSError) as e:
+            return self._publish(part, entry)
+        except (ValueError, KeyError, TypeError, OSError) as e:
             raise exception.TransportError(what=rel, host=host,
                                            reason=f'bad cache entry: {e}')
         finally:
             fileutils.remove_path(part)
             fileutils.remove_path(meta_part)
-
-    def _adopt(self, name: str, kind: str, source: str) -> CacheEntry | None:
-        """Give an entry made before sidecars (by Nova) its sidecar."""
-        path = self.path(name)
-        if not os.path.exists(path):
-            return None
-        # Nova only ever leaves raw files or, without force_raw_images,
-        # inspected images in _base; inspect again rather than trust it.
-        found = formats.detect(path)
-        entry = CacheEntry(name=name, path=path,
-                           format=formats.cache_format(found.format),
-                           virtual_size=found.virtual_size,
-                           sha256=fileutils.sha256_file(path), kind=kind,
-                           source=source, provenance='adopted')
-        fileutils.atomic_write_json(path + names.META_SUFFIX, entry.to_dict())
-        return entry
 
     def remove(self, name: str) -> None:
         """Delete an entry (data first, so no half entry is ever 'present')."""

@@ -67,19 +67,70 @@ def scan(backend) -> list[EntryUse]:
         except FileNotFoundError:
             continue
         out.append(EntryUse(entry=entry, users=counts.get(entry.name, 0),
-                            last_used=st.st_mtime,
+                            last_used=cache_mod.last_used(st),
                             allocated=st.st_blocks * 512))
     return out
 
 
-def verify(backend, name: str | None = None) -> dict[str, bool]:
-    """Recompute each entry's sha256 against its sidecar."""
-    result = {}
-    for entry in backend.image_cache.entries():
-        if name is None or entry.name == name:
-            result[entry.name] = (fileutils.sha256_file(entry.path) ==
-                                  entry.sha256)
+OK = 'ok'
+
+
+def check(backend, name: str | None = None) -> dict[str, str]:
+    """Every cache entry (or only ``name``) and what is wrong with it:
+    ``'ok'``, or a problem: a digest mismatch, data missing (a sidecar
+    without data, or a base some disk's record names that is not there),
+    data without a sidecar, a sidecar unreadable or malformed. Reads every
+    entry's data in full (the digest, never the stat shortcut)."""
+    cache = backend.image_cache
+    result: dict[str, str] = {}
+    try:
+        listing = os.listdir(cache.base_dir)
+    except FileNotFoundError:
+        listing = []
+    found = set()
+    for n in listing:
+        if n.endswith(names.META_SUFFIX):
+            found.add(n[:-len(names.META_SUFFIX)])
+        elif not n.endswith(names.PART_SUFFIX) and not n.startswith('.') \
+                and os.path.isfile(os.path.join(cache.base_dir, n)):
+            found.add(n)
+    for use_name in users(backend):
+        found.add(use_name)
+    if name is not None:
+        found = {name}
+    for entry_name in sorted(found):
+        result[entry_name] = _check_one(backend, entry_name)
     return result
+
+
+def _check_one(backend, name: str) -> str:
+    cache = backend.image_cache
+    path = cache.path(name)
+    has_sidecar = os.path.exists(path + names.META_SUFFIX)
+    if not os.path.exists(path):
+        used = users(backend).get(name, 0)
+        if used:
+            return f'missing: data not found, {used} disk(s) depend on it'
+        return 'missing: sidecar without data'
+    if not has_sidecar:
+        return 'no sidecar: data whose digest is unknown'
+    try:
+        entry = cache.get(name)
+    except exception.CorruptCacheEntry as e:
+        return f'sidecar unreadable: {e.kwargs["reason"]}'
+    if entry is None:
+        return 'missing: data not found'
+    try:
+        if not fileutils.digest_matches(path, entry.sha256):
+            return 'mismatch: data does not match its digest'
+    except OSError as e:
+        return f'unreadable data: {e}'
+    return OK
+
+
+def verify(backend, name: str | None = None) -> dict[str, bool]:
+    """Entry name -> whether it is whole (see :func:`check` for why not)."""
+    return {n: status == OK for n, status in check(backend, name).items()}
 
 
 def clean(backend, min_age: float | None = None,
@@ -104,7 +155,8 @@ def clean(backend, min_age: float | None = None,
         with cache.lock(use.entry.name):
             path = cache.path(use.entry.name)
             try:
-                if time.time() - os.stat(path).st_mtime < min_age:
+                if time.time() - cache_mod.last_used(os.stat(path)) < \
+                        min_age:
                     continue  # used while we looked
             except FileNotFoundError:
                 continue

@@ -128,3 +128,11 @@ class UnrecordedDisk(RecordNotFound):
 
     msg_fmt = ("%(location)s of instance %(instance)s is described by no "
                "disk record; refusing to %(action)s it.")
+
+
+class CorruptCacheEntry(ImageBackendError):
+    """A cache entry whose sidecar or data cannot be trusted: never used
+    for a new disk, never silently rebuilt from its current bytes."""
+
+    msg_fmt = ("Cache entry %(name)s (%(path)s) cannot be trusted: "
+               "%(reason)s")

@@ -60,16 +60,19 @@ def _template_fetcher(image, func: Callable[[str], None], cache_name: str,
     return prepare_template
 
 
-def _begin(image) -> None:
-    """New-interface semantics: create means create; existing is an error."""
+def _begin(image, cache_name: str) -> None:
+    """New-interface semantics: create means create; existing is an error.
+    A cached base is used for a new disk only if it is still what its
+    sidecar says (CorruptCacheEntry otherwise), as on the native path."""
     if image.exists():
         raise exception.DiskExists(location=image.path)
+    image.image_cache.check(cache_name)
 
 
 def create_from_image(image, context: Any, image_id: str,
                       size: int | None = None,
                       fallback: str | None = None) -> None:
-    _begin(image)
+    _begin(image, names.image_cache_name(image_id))
     with image.creation_path('shim'):
         image.cache(fetch_func=_image_fetcher(image, fallback),
                     filename=names.image_cache_name(image_id), size=size,
@@ -80,7 +83,7 @@ def create_from_func(image, context: Any, func: Callable[[str], None],
                      cache_name: str, size: int | None = None,
                      fallback: str | None = None) -> None:
     names.check_cache_name(cache_name)
-    _begin(image)
+    _begin(image, cache_name)
     with image.creation_path('shim'):
         image.cache(fetch_func=_template_fetcher(image, func, cache_name,
                                                  fallback),
