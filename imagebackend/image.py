@@ -26,6 +26,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 from imagebackend import exception
 from imagebackend import fileutils
+from imagebackend import formats
 from imagebackend import libvirt_config
 from imagebackend import names
 from imagebackend import processes
@@ -418,13 +419,20 @@ class Image(abc.ABC):
         """Make the disk ``size`` bytes (larger than it is)."""
 
     def get_disk_size(self, name: str) -> int:
-        """Virtual size of the file ``name`` (Nova: qemu-img info)."""
+        """Virtual size of the file ``name`` (Nova: qemu-img info), always
+        with an explicit format: the sidecar's, the disk's, or for a file
+        nothing describes (a Nova-era base without a sidecar) the format
+        its bytes show to format_inspector, safety-checked; never one
+        qemu-img probes."""
         fmt = None
         if os.path.dirname(name) == self.image_cache.base_dir:
             entry = self.image_cache.get(os.path.basename(name))
             fmt = entry.format if entry else None
         elif name == self.path:
             fmt = self.driver_format
+        if fmt is None:
+            fmt = formats.cache_format(formats.detect(
+                name, image_id=os.path.basename(name)).format)
         return qemu.virtual_size(name, fmt)
 
     def verify_base_size(self, base: str, size: int | None,

@@ -64,22 +64,20 @@ def resize(path: str, fmt: str, size: int) -> None:
                       str(int(size)))
 
 
-def info(path: str, fmt: str | None = None, *, address_space_gb: int = 2,
+def info(path: str, fmt: str, *, address_space_gb: int = 2,
          cpu_seconds: int = 30) -> dict:
-    """``qemu-img info`` under resource limits (for files we did not make).
-
-    ``fmt`` None lets qemu-img probe; only inspection code that treats the
-    answer as a claim to check (never as truth) passes None.
-    """
+    """``qemu-img info -f fmt`` under resource limits (for files we did not
+    make). The format is mandatory: a caller that does not know it finds
+    it from the bytes first (formats.detect), never by qemu-img probing."""
+    if not fmt:
+        raise ValueError('qemu-img info needs an explicit format')
     limits = processutils.ProcessLimits(
         address_space=address_space_gb * units.Gi, cpu_time=cpu_seconds)
-    cmd = ['qemu-img', 'info', '--output=json', '--force-share']
-    if fmt:
-        cmd += ['-f', fmt]
-    cmd.append(path)
+    cmd = ['qemu-img', 'info', '--output=json', '--force-share', '-f', fmt,
+           path]
     out, _err = processes.execute(*cmd, prlimit=limits)
     return json.loads(out)
 
 
-def virtual_size(path: str, fmt: str | None = None, **limits) -> int:
+def virtual_size(path: str, fmt: str, **limits) -> int:
     return int(info(path, fmt, **limits)['virtual-size'])
