@@ -35,6 +35,7 @@ import time
 from typing import Any, Callable
 
 from oslo_concurrency import lockutils
+from oslo_utils import units
 
 from imagebackend import exception
 from imagebackend import fileutils
@@ -116,6 +117,12 @@ def _entry_from_sidecar(name: str, path: str, data: Any) -> CacheEntry:
     known = {f.name for f in dataclasses.fields(CacheEntry)} - {'path'}
     return CacheEntry(path=path, **{k: v for k, v in data.items()
                                     if k in known})
+
+
+def _declared(disk_format: str) -> str:
+    """The format an image's bytes must be, from its declared disk_format
+    (Amazon-style images are raw kernels and disks)."""
+    return 'raw' if disk_format in ('ami', 'aki', 'ari') else disk_format
 
 
 class ImageCache:
@@ -244,8 +251,13 @@ class ImageCache:
     # -- images --------------------------------------------------------------
 
     def fetch_image(self, context: Any, image_id: str,
-                    fallback: str | None = None) -> CacheEntry:
-        """The cache entry for ``image_id``, fetched if it is not cached."""
+                    fallback: str | None = None,
+                    size: int | None = None) -> CacheEntry:
+        """The cache entry for ``image_id``, fetched if it is not cached.
+
+        ``size``, the size of the disk the image is for, lets a fetch
+        refuse an image larger than it (DiskTooSmall) before its data is
+        downloaded; an entry already cached is the caller's to compare."""
         name = names.image_cache_name(image_id)
         entry = self.check(name)
         if entry is None:
@@ -254,18 +266,25 @@ class ImageCache:
                 entry = self.check(name)
                 if entry is None:
                     entry = self.fetch_into(context, image_id, self.path(name),
-                                            fallback=fallback)
+                                            fallback=fallback, size=size)
         self.touch(entry)
         return entry
 
     def fetch_into(self, context: Any, image_id: str, target: str,
-                   fallback: str | None = None) -> CacheEntry:
+                   fallback: str | None = None,
+                   size: int | None = None) -> CacheEntry:
         """Fetch, check and (maybe) convert an image to ``target``.
 
         The caller holds the entry's lock. Bytes land in ``target.part`` and
         are renamed to ``target`` only after every check passed; nothing is
         left behind on failure. A sidecar is written when ``target`` is in
         the cache directory.
+
+        The image's virtual size is compared with ``size`` (the disk it is
+        for; DiskTooSmall) and with ``[imagebackend]
+        max_image_virtual_size_gb`` (ImageTooLarge) before any data is
+        fetched when the source declares it, else as soon as the stream's
+        first bytes (the header) reveal it: the download stops there.
         """
         name = names.image_cache_name(image_id)
         if self.source is None:
@@ -277,15 +296,28 @@ class ImageCache:
                 return self.side_load(fallback, name, 'image', image_id,
                                        target)
             raise
+        probe = formats.SizeProbe(_declared(meta.disk_format))
+        for declared_size in (meta.virtual_size,
+                              meta.size if probe.raw else None):
+            if declared_size:
+                self._check_virtual_size(image_id, declared_size, size)
         part = target + names.PART_SUFFIX
         converted = target + '.converted' + names.PART_SUFFIX
+        stream = None
         try:
             with open(part, 'wb') as f:
                 writer = fileutils.SparseWriter(f)
-                for chunk in self.source.open(context, image_id):
+                stream = self.source.open(context, image_id)
+                for chunk in stream:
+                    self._check_virtual_size(image_id, probe.feed(chunk),
+                                             size)
                     writer.write(chunk)
                 writer.close()
-            fmt, size = self._check(part, meta, image_id)
+            fmt, vsize = self._check(part, meta, image_id)
+            # Over the ceiling is refused whenever it shows. Smaller than
+            # the disk asked for, known only now that the data is here: the
+            # entry is kept (as Nova keeps it) and the caller refuses.
+            self._check_virtual_size(image_id, vsize, None)
             digest = writer.digest()
             if fmt != 'raw' and self.conf.force_raw_images:
                 qemu.convert(part, fmt, converted, 'raw')
@@ -294,19 +326,33 @@ class ImageCache:
                 fmt = 'raw'
                 digest = fileutils.file_digest(part)
             entry = CacheEntry(name=name, path=target, format=fmt,
-                               virtual_size=size, sha256=digest,
+                               virtual_size=vsize, sha256=digest,
                                kind='image', source=image_id)
             return self._publish(part, entry)
         finally:
+            close = getattr(stream, 'close', None)
+            if close is not None:
+                close()  # stop a source stream left half-read
             fileutils.remove_path(part)
             fileutils.remove_path(converted)
+
+    def _check_virtual_size(self, image_id: str, virtual_size: int,
+                            size: int | None) -> None:
+        """Refuse an image of (at least) ``virtual_size`` bytes for a disk
+        of ``size`` bytes, or over the configured ceiling."""
+        if size and size < virtual_size:
+            raise exception.DiskTooSmall(size=size, image_size=virtual_size)
+        limit = self.conf.imagebackend.max_image_virtual_size_gb * units.Gi
+        if limit and virtual_size > limit:
+            raise exception.ImageTooLarge(
+                image_id=image_id, virtual_size=virtual_size, limit=limit,
+                reason=f'virtual size {virtual_size} bytes over the limit '
+                       f'of {limit} bytes')
 
     def _check(self, path: str, meta: sources_mod.ImageMeta,
                image_id: str) -> tuple[str, int]:
         """Return (format, virtual size) of a downloaded image, or refuse."""
-        declared = meta.disk_format
-        if declared in ('ami', 'aki', 'ari'):
-            declared = 'raw'  # Amazon-style images are raw kernels/disks
+        declared = _declared(meta.disk_format)
         if self.conf.workarounds.disable_deep_image_inspection:
             declared = formats.qemu_format(declared)  # ploop -> parallels
             info = qemu.info(path, declared, **self._limits())

@@ -554,6 +554,25 @@ an untrusted image file.
 A crafted image can make qemu-img spin; the limit makes such a run
 fail instead of occupying a CPU indefinitely.
 """),
+    cfg.IntOpt('max_image_virtual_size_gb',
+               default=16384,
+               min=0,
+               help="""
+Largest virtual size, in GiB, of an image the cache accepts
+(0: no limit).
+
+The size is checked before the image's data is fetched: declared
+by the image source, or read from the image's header as the first
+bytes arrive; a larger image is refused (``ImageTooLarge``) and its
+download stopped. A small crafted image can declare petabytes,
+which conversion, hashing and the disks made from it would then
+have to handle. The default, 16 TiB, is ext4's largest file.
+
+Related options:
+
+* ``force_raw_images``: a converted image takes its virtual size
+  (sparse) in the cache.
+"""),
     cfg.StrOpt('thin_pool',
                default=None,
                help="""

@@ -136,3 +136,11 @@ class CorruptCacheEntry(ImageBackendError):
 
     msg_fmt = ("Cache entry %(name)s (%(path)s) cannot be trusted: "
                "%(reason)s")
+
+
+class ImageTooLarge(ImageUnacceptable):
+    """An image declares a virtual size over the configured ceiling."""
+
+    msg_fmt = ("Image %(image_id)s is unacceptable: its virtual size "
+               "%(virtual_size)d bytes exceeds the limit of %(limit)d bytes "
+               "([imagebackend] max_image_virtual_size_gb).")

@@ -148,6 +148,80 @@ def qemu_format(declared: str) -> str:
     return QEMU_NAMES.get(declared, declared)
 
 
+# -- the declared virtual size, from the first bytes of a stream ---------------
+
+# How far into a stream the header of a declared format is looked for; a
+# format that reveals its size later is checked after the download.
+PROBE_LIMIT = 64 * 1024 * 1024
+
+
+class SizeProbe:
+    """A lower bound on an image's virtual size while its bytes arrive.
+
+    For a raw-like format the virtual size is the byte length, so the bound
+    is the bytes seen so far. For others it is the size the declared
+    format's header states, as soon as the header has arrived (the first
+    chunk, for qcow2 or parallels). The bound lets a download stop early:
+    an image over the size asked for or over the ceiling is refused before
+    the rest of it is fetched. Only a claim: the downloaded file is still
+    inspected in full, and a malformed header just ends the probing.
+    """
+
+    def __init__(self, declared: str):
+        self.raw = declared in RAW_LIKE or declared in ('ami', 'aki', 'ari')
+        self.seen = 0
+        self.header_size: int | None = None
+        self._head = b''
+        self._inspector = None
+        self._done = self.raw
+        if declared == 'ploop':
+            self._parallels = True
+        else:
+            self._parallels = False
+            cls = format_inspector.get_inspector(declared)
+            # An inspector without its own virtual_size (qed) reports the
+            # bytes it has read: no claim about the disk's size at all.
+            if self.raw or cls is None or cls.virtual_size is \
+                    format_inspector.FileInspector.virtual_size:
+                self._done = True
+            else:
+                self._inspector = cls()
+
+    def feed(self, chunk: bytes) -> int:
+        """Account for the next chunk; return the current lower bound."""
+        self.seen += len(chunk)
+        if not self._done:
+            try:
+                self._probe(chunk)
+            except Exception:  # noqa: BLE001 - malformed: inspected later
+                self._done = True
+            if self.seen >= PROBE_LIMIT:
+                self._done = True
+        return self.minimum
+
+    def _probe(self, chunk: bytes) -> None:
+        if self._parallels:
+            self._head += chunk[:PARALLELS_HEADER_SIZE - len(self._head)]
+            if len(self._head) >= PARALLELS_HEADER_SIZE:
+                header = parallels_header(self._head)
+                if header is not None:
+                    self.header_size = header.virtual_size
+                self._done = True
+            return
+        self._inspector.eat_chunk(chunk)
+        if self._inspector.format_match:
+            size = self._inspector.virtual_size
+            if size and size > 0:
+                self.header_size = int(size)
+                self._done = True
+
+    @property
+    def minimum(self) -> int:
+        if self.raw:
+            return self.seen
+        return self.header_size or 0
+
+
 # -- Parallels / ploop ----------------------------------------------------------
 #
 # The header (QEMU docs/interop/parallels.rst; ploop's include/ploop1_image.h),

@@ -27,15 +27,18 @@ def template_kwargs(cache_name: str, size: int | None) -> dict[str, Any]:
     return {}
 
 
-def _image_fetcher(image, fallback: str | None) -> Callable[..., None]:
+def _image_fetcher(image, fallback: str | None,
+                   size: int | None = None) -> Callable[..., None]:
     """A Nova-style fetch_func: ``fetch(target=..., context=..., image_id=...)``.
 
     It runs inside cache()'s lock, so it fetches without taking it again.
+    ``size`` (the disk's) lets the fetch refuse a larger image early.
     """
     def fetch_image(target: str, context: Any = None, image_id: str = '',
                     *args, **kwargs) -> None:
+        extra = {} if size is None else {'size': size}
         image.image_cache.fetch_into(context, image_id, target,
-                                     fallback=fallback)
+                                     fallback=fallback, **extra)
     return fetch_image
 
 
@@ -74,7 +77,7 @@ def create_from_image(image, context: Any, image_id: str,
                       fallback: str | None = None) -> None:
     _begin(image, names.image_cache_name(image_id))
     with image.creation_path('shim'):
-        image.cache(fetch_func=_image_fetcher(image, fallback),
+        image.cache(fetch_func=_image_fetcher(image, fallback, size),
                     filename=names.image_cache_name(image_id), size=size,
                     context=context, image_id=image_id)
 

@@ -33,12 +33,15 @@ class ImageMeta:
 
     id: str
     disk_format: str
-    size: int | None = None
+    size: int | None = None          # bytes of the image data
     name: str | None = None
     # Other places the image lives (e.g. ``rbd://fsid/pool/image/snap``),
     # which a backend may use instead of downloading.
     locations: tuple[str, ...] = ()
     properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The disk size the image declares (Glance's virtual_size), if known:
+    # checked against the disk asked for before anything is fetched.
+    virtual_size: int | None = None
 
 
 @runtime_checkable

@@ -47,7 +47,8 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
     def create_from_image(self, context: Any, image_id: str,
                           size: int | None = None,
                           fallback: str | None = None) -> None:
-        entry = self.image_cache.fetch_image(context, image_id, fallback)
+        entry = self.image_cache.fetch_image(context, image_id, fallback,
+                                             size=size)
         self._check_size(size, entry.virtual_size)
         self.driver_format = entry.format
         with self._creating('image', image_id, 'native') as facts:

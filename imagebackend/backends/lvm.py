@@ -372,7 +372,8 @@ class Lvm(image.SelfContained, image.Image):
     def create_from_image(self, context: Any, image_id: str,
                           size: int | None = None,
                           fallback: str | None = None) -> None:
-        entry = self.image_cache.fetch_image(context, image_id, fallback)
+        entry = self.image_cache.fetch_image(context, image_id, fallback,
+                                             size=size)
         self._check_size(size, entry.virtual_size)
         wanted = max(size or 0, entry.virtual_size)
         if self.thin_snapshots:

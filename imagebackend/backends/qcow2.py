@@ -44,7 +44,8 @@ class Qcow2(localfile.LocalFileImage):
     def create_from_image(self, context: Any, image_id: str,
                           size: int | None = None,
                           fallback: str | None = None) -> None:
-        entry = self.image_cache.fetch_image(context, image_id, fallback)
+        entry = self.image_cache.fetch_image(context, image_id, fallback,
+                                             size=size)
         self._overlay('image', image_id, entry, size)
 
     def create_from_func(self, context: Any, func: Callable[[str], None],

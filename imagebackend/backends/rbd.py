@@ -367,7 +367,7 @@ class Rbd(image.SelfContained, image.Image):
                     parent = self._import_base(
                         conn, base, f'image:{image_id}', size, why_not,
                         lambda: self.image_cache.fetch_image(
-                            context, image_id, fallback))
+                            context, image_id, fallback, size=size))
             self._clone_disk(conn, 'image', image_id, parent, size)
 
     def create_from_func(self, context: Any, func: Callable[[str], None],

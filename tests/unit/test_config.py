@@ -43,7 +43,8 @@ EXPECTED = {
                 'virt_type', 'snapshot_compression'},
     'workarounds': {'disable_deep_image_inspection'},
     'imagebackend': {'images_dir', 'qemu_img_address_space_limit',
-                     'qemu_img_cpu_time_limit', 'thin_pool'},
+                     'qemu_img_cpu_time_limit', 'thin_pool',
+                     'max_image_virtual_size_gb'},
 }
 
 
@@ -220,6 +221,7 @@ def test_every_listed_opt_is_registered(conf):
     ('libvirt', 'volume_clear_size', -1),
     ('imagebackend', 'qemu_img_address_space_limit', 0),
     ('imagebackend', 'qemu_img_cpu_time_limit', 0),
+    ('imagebackend', 'max_image_virtual_size_gb', -1),
 ])
 def test_choices_and_bounds_enforced(conf, group, name, value):
     with pytest.raises(ValueError):

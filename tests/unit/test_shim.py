@@ -82,8 +82,9 @@ def test_image_fetch_func_fetches_into_target(disk, cache, ctx, fallback):
         # Called as Nova's create_image calls prepare_template.
         fetch_func(target=target, context=ctx, image_id='image-1',
                    safe=False)
+    # The disk's size travels to the fetch (refused early if too small).
     fetch_into.assert_called_once_with(ctx, 'image-1', target,
-                                       fallback=fallback)
+                                       fallback=fallback, size=GiB)
 
 
 def test_create_from_image_refuses_existing_disk(disk, cache, ctx):
@@ -320,7 +321,7 @@ def legacy_disk(backend, instance, name='disk'):
 
 
 def _fetch_into(image_bytes):
-    def fetch_into(context, image_id, target, fallback=None):
+    def fetch_into(context, image_id, target, fallback=None, size=None):
         with open(target, 'wb') as f:
             f.write(image_bytes)
     return fetch_into
@@ -340,7 +341,8 @@ def test_legacy_backend_create_from_image(backend, instance, ctx, no_qemu):
                            side_effect=_fetch_into(b'\xab' * MiB)) as fetch:
         disk.create_from_image(ctx, 'image-1', 10 * GiB)
     base = disk.image_cache.path(IMAGE_NAME)
-    fetch.assert_called_once_with(ctx, 'image-1', base, fallback=None)
+    fetch.assert_called_once_with(ctx, 'image-1', base, fallback=None,
+                                  size=10 * GiB)
     assert os.path.getsize(disk.path) == 10 * GiB  # grown by cache()
 
     record = backend.records.get(instance.uuid, 'disk')
