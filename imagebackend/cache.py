@@ -197,7 +197,8 @@ class ImageCache:
                 raise self._corrupt(
                     name, 'its data has no sidecar, so nothing says what '
                           'its bytes should be; remove the entry to fetch '
-                          'or make it again')
+                          'or make it again, or adopt it explicitly '
+                          '(ImageCache.adopt)')
             return None
         try:
             st = os.stat(path)
@@ -462,6 +463,27 @@ class ImageCache:
         finally:
             fileutils.remove_path(part)
             fileutils.remove_path(meta_part)
+
+    def adopt(self, name: str, kind: str, source: str) -> CacheEntry:
+        """Give data without a sidecar (a base Nova made before sidecars)
+        one describing its current bytes: inspected (safety-checked) and
+        digested now. Never done implicitly: trusting bytes nothing
+        vouches for is an operator's decision (:meth:`check` refuses them).
+        """
+        path = self.path(name)
+        with self.lock(name):
+            if os.path.exists(path + names.META_SUFFIX):
+                raise self._corrupt(name, 'it already has a sidecar')
+            found = formats.detect(path, image_id=source)
+            entry = CacheEntry(name=name, path=path,
+                               format=formats.cache_format(found.format),
+                               virtual_size=found.virtual_size,
+                               sha256=fileutils.file_digest(path), kind=kind,
+                               source=source, provenance='adopted',
+                               data_stat=data_stat(os.stat(path)))
+            fileutils.atomic_write_json(path + names.META_SUFFIX,
+                                        entry.to_dict())
+        return entry
 
     def remove(self, name: str) -> None:
         """Delete an entry (data first, so no half entry is ever 'present')."""

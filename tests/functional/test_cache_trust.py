@@ -157,6 +157,21 @@ def test_broken_sidecar_is_a_typed_error_never_rebuilt(
     assert after == before
 
 
+def test_sidecarless_base_is_used_only_once_adopted_explicitly(
+        backend, cached, instance):
+    _missing(cached)
+    disk = backend.by_name(instance, 'disk', 'qcow2')
+    with pytest.raises(exception.CorruptCacheEntry):
+        disk.create_from_image(None, 'img', 128 * MiB)
+    entry = backend.image_cache.adopt(NAME, 'image', 'img')
+    assert (entry.provenance, entry.format) == ('adopted', 'raw')
+    assert entry.sha256 == cached.sha256
+    disk.create_from_image(None, 'img', 128 * MiB)
+    assert backend.records.get(instance.uuid, 'disk').state == 'created'
+    with pytest.raises(exception.CorruptCacheEntry):
+        backend.image_cache.adopt(NAME, 'image', 'img')
+
+
 def test_legacy_plain_sha256_sidecar_still_verifies(backend, cached,
                                                    instance):
     # A sidecar written before the block-list digest: a plain sha256 and
