@@ -233,11 +233,41 @@ class Image(abc.ABC):
         """What cache() made, found the way Nova finds it (qemu-img)."""
         facts = {'format': self.driver_format,
                  'virtual_size': self.get_disk_size(self.path)}
-        if self.capabilities.backing_in_cache and os.path.exists(base):
-            entry = self.image_cache.get(os.path.basename(base))
-            facts['backing'] = os.path.basename(base)
-            facts['backing_format'] = entry.format if entry else None
+        if self.capabilities.backing_in_cache:
+            entry = self._legacy_base_entry(base)
+            facts.update(backing=entry.name, backing_format=entry.format,
+                         backing_sha256=entry.sha256)
         return facts
+
+    def _legacy_base_entry(self, base: str):
+        """The cache entry a disk cache() made depends on, with its sidecar.
+
+        A base a caller's fetch_func wrote has no sidecar yet: it is
+        inspected now (the library's inspector, never a probe) and given
+        one, so the record holds the base's real format and sha256; a base
+        whose format cannot be told refuses the disk (ImageUnacceptable),
+        as a disk whose backing format is unknown is read wrongly later.
+        """
+        name = os.path.basename(base)
+        cache = self.image_cache
+        entry = cache.get(name)
+        if entry is None:
+            record = self._record
+            kind, source = 'template', name
+            if record is not None and record.source_type == 'image':
+                kind, source = 'image', record.source_id
+            if os.path.exists(base):
+                # The caller's fetch_func wrote it just now (Nova's legacy
+                # path writes no sidecar): describe it once, explicitly.
+                try:
+                    entry = cache.adopt(name, kind, source)
+                except exception.CorruptCacheEntry:
+                    entry = cache.get(name)  # described meanwhile
+        if entry is None:
+            raise exception.ImageUnacceptable(
+                image_id=name, reason='the base this disk was made on is '
+                'gone, so its format cannot be recorded')
+        return entry
 
     @contextlib.contextmanager
     def creation_path(self, kind: str) -> Iterator[None]:

