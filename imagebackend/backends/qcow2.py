@@ -9,7 +9,8 @@ its record, so no ``qemu-img info`` runs on anything the library made.
 
 A Qcow2 disk depends on its base: on another host (migration) the base must
 be recreated there first, which ``check_backing_*`` do without touching the
-disk.
+disk. The record keeps the base's sha256; a base restored from an image id
+whose bytes have changed since is refused (and not left in the cache).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any, Callable
 
 from imagebackend import cache as cache_mod
 from imagebackend import exception
+from imagebackend import fileutils
 from imagebackend import formats
 from imagebackend import image
+from imagebackend import names
 from imagebackend import qemu
 from imagebackend.backends import localfile
 
@@ -68,8 +71,40 @@ class Qcow2(localfile.LocalFileImage):
                          backing_sha256=entry.sha256)
 
     def check_backing_from_image(self, context, image_id, fallback=None):
+        """Restore the base the disk was made on, and prove it is that base:
+        an image id whose bytes changed since (a re-upload, a changed file)
+        must not become the disk's base (the guest would read other data
+        where it never wrote). The record keeps the base's sha256."""
         self._require_disk()
-        self.image_cache.fetch_image(context, image_id, fallback)
+        name = names.image_cache_name(image_id)
+        present = self.image_cache.get(name)
+        entry = self.image_cache.fetch_image(context, image_id, fallback)
+        expected = self._expected_base_sha256(entry.name)
+        if expected is None or entry.sha256 == expected:
+            return
+        if present is None:
+            # Fetched by this call: take it away again, so the disk is not
+            # left pointing at the wrong bytes (unless someone replaced it
+            # meanwhile: then it is theirs).
+            with self.image_cache.lock(name):
+                now = self.image_cache.get(name)
+                if now is not None and now.sha256 == entry.sha256 and \
+                        now.created_at == entry.created_at:
+                    fileutils.remove_path(now.path)
+                    fileutils.remove_path(now.path + names.META_SUFFIX)
+        raise exception.ImageUnacceptable(
+            image_id=image_id, reason=(
+                f'it is not the base disk {self.location} was made on: '
+                f'cache entry {entry.name} has sha256 {entry.sha256}, the '
+                f'disk\'s record says {expected}'))
+
+    def _expected_base_sha256(self, entry_name: str) -> str | None:
+        """The sha256 the record keeps for base ``entry_name`` (None for a
+        record made before the library kept it, or for another base)."""
+        record = self.record
+        if record is None or record.backing != entry_name:
+            return None
+        return record.backing_sha256
 
     def check_backing_from_func(self, context, func, cache_name,
                                 fallback=None):

@@ -188,3 +188,39 @@ def test_legacy_base_whose_format_cannot_be_told_is_refused(host):
     assert a.records.get(instance.uuid, 'disk') is None
 
 
+# -- point 10: a restored base must be the bytes the disk was made on ---------
+
+def test_restoring_base_from_changed_image_is_refused(hosts, tmp_path):
+    src = image(hosts, 'img', 0xab)
+    original = tmp_path / 'img.orig'
+    shutil.copyfile(src, original)
+    a = hosts.backend('a')
+    instance = instance_mod.Instance()
+    disk = a.by_name(instance, 'disk', 'qcow2')
+    disk.create_from_image(None, 'img', GiB)
+    run('qemu-io', '-f', 'qcow2', '-c', f'write -P 0x77 {16 * MiB} 64k',
+        disk.path)
+    record = a.records.get(instance.uuid, 'disk')
+    made_on = a.image_cache.get(record.backing).sha256
+    before = (fileutils.sha256_file(disk.path), os.stat(disk.path).st_mtime_ns)
+
+    # The base is deleted; the image id now has other bytes upstream.
+    a.image_cache.remove(record.backing)
+    image(hosts, 'img', 0x11)
+    disk = a.from_metadata(instance, 'disk')
+    with pytest.raises(exception.ImageUnacceptable) as e:
+        disk.check_backing_from_image(None, 'img')
+    assert record.backing in str(e.value) and disk.location in str(e.value)
+    assert (fileutils.sha256_file(disk.path),
+            os.stat(disk.path).st_mtime_ns) == before
+    # The wrong bytes are not left where the disk looks for its base.
+    assert not os.path.exists(a.image_cache.path(record.backing))
+    assert a.image_cache.get(record.backing) is None
+
+    # With the image's original bytes back, the base is restored.
+    shutil.copyfile(original, src)
+    disk.check_backing_from_image(None, 'img')
+    assert a.image_cache.get(record.backing).sha256 == made_on == \
+        record.backing_sha256
+    run('qemu-img', 'check', '-f', 'qcow2', disk.path)
+    assert fileutils.sha256_file(disk.path) == before[0]
