@@ -3,6 +3,8 @@
 Names. A disk is the LV ``<instance uuid>_<disk name>`` (Nova's name, with
 any ``_`` of the disk name doubled), block device
 ``/dev/<volume group>/<LV>``; its record's location is ``<vg>/<lv>``.
+An existing disk is found in the VG its record names, whatever
+``images_volume_group`` says today (the option may have changed since).
 libvirt sees a ``type='block'`` raw disk (``io='native'`` unless the
 deprecated ``sparse_logical_volumes`` is on).
 
@@ -258,8 +260,8 @@ class Lvm(image.SelfContained, image.Image):
             if instance is None or disk_name is None:
                 raise exception.InvalidInput(
                     reason='a disk needs an instance and a name, or a path')
-            self.vg = self._configured_vg()
             self.lv = lv_name(self.instance_uuid, disk_name)
+            self.vg = self._recorded_vg() or self._configured_vg()
             self.path = os.path.join(DEVICE_ROOT, self.vg, self.lv)
         else:
             self.vg, self.lv = self._parse_path(path)
@@ -276,6 +278,30 @@ class Lvm(image.SelfContained, image.Image):
         self.preallocate = not self.sparse
         if self.preallocate:
             self.driver_io = 'native'
+
+    def _recorded_vg(self) -> str | None:
+        """The VG this disk's record puts it in, if it has an Lvm record
+        made on this host: an existing disk is where its record says, not
+        in today's ``images_volume_group``. A record that came with the
+        disk's contents from another host (a ``.lv-transfer`` file is
+        here) names that host's VG: the disk is made here in this host's.
+        """
+        record = self.record
+        if record is None or record.backend != self.image_type or \
+                os.path.exists(self._transfer_path()):
+            return None
+        vg, sep, lv = record.location.partition('/')
+        where = f'{record.instance}/{record.name}'
+        if not sep or lv != self.lv:
+            # A record naming another LV would hand this disk's operations
+            # (resize, wipe, delete) to a volume that is not this disk.
+            raise exception.CorruptRecord(
+                location=where, reason=f'location {record.location!r} is '
+                f'not <volume group>/{self.lv}')
+        try:
+            return check_lvm_name(vg, 'volume group name', lv=False)
+        except exception.InvalidDiskName as e:
+            raise exception.CorruptRecord(location=where, reason=str(e))
 
     def _configured_vg(self) -> str:
         vg = self.conf.libvirt.images_volume_group

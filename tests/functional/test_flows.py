@@ -310,14 +310,15 @@ def test_bad_input_is_typed_and_deletes_nothing(hosts, image_type):
     with pytest.raises(exception.InvalidInput):
         flows.spawn(a, None, instance, dict(mapping, **{'disk.bogus': {}}),
                     BDI)
-    # A record naming a backend this host does not have.
+    # A record naming a backend its location does not fit (an Lvm disk is
+    # found in the VG its record names, and a file path names none).
     records_file = os.path.join(inst_dir, 'disks.json')
     with open(records_file) as f:
         doc = json.load(f)
     doc['disks']['disk']['backend'] = 'lvm'
     with open(records_file, 'w') as f:
         json.dump(doc, f)
-    with pytest.raises(exception.BackendUnavailable):
+    with pytest.raises(exception.CorruptRecord):
         flows.finish_migration(a, None, instance, mapping, BDI)
     # A corrupted records file.
     with open(records_file, 'w') as f:

@@ -215,14 +215,31 @@ def test_from_metadata_validates_names(backend, instance, name):
         backend.from_metadata(instance, name)
 
 
-@pytest.mark.parametrize('recorded, error', [
-    ('lvm', exception.BackendUnavailable),    # no volume group here
-    ('someday', exception.UnknownBackend)])
-def test_from_metadata_backend_this_host_lacks(backend, instance, recorded,
-                                               error):
-    put_record(backend, instance, backend=recorded, format='raw',
+def test_from_metadata_backend_this_host_lacks(backend, instance):
+    put_record(backend, instance, backend='someday', format='raw',
                location='vg/disk')
-    with pytest.raises(error):
+    with pytest.raises(exception.UnknownBackend):
+        backend.from_metadata(instance, 'disk')
+
+
+def test_from_metadata_lvm_disk_is_in_its_recorded_vg(backend, instance):
+    # No images_volume_group here (any more): the disk is still where its
+    # record says, not refused and not looked for elsewhere.
+    lv = f'{instance.uuid}_disk'
+    put_record(backend, instance, backend='lvm', format='raw',
+               location=f'vg0/{lv}')
+    disk = backend.from_metadata(instance, 'disk')
+    assert (disk.vg, disk.lv, disk.path) == ('vg0', lv, f'/dev/vg0/{lv}')
+    assert disk.moved_from is None
+
+
+@pytest.mark.parametrize('location', ['vg/disk', 'vg0', 'bad vg/{lv}',
+                                      'vg0/{lv}x'])
+def test_from_metadata_lvm_record_naming_another_lv(backend, instance,
+                                                    location):
+    put_record(backend, instance, backend='lvm', format='raw',
+               location=location.format(lv=f'{instance.uuid}_disk'))
+    with pytest.raises(exception.CorruptRecord):
         backend.from_metadata(instance, 'disk')
 
 

@@ -516,10 +516,14 @@ def test_settle_makes_the_lv_from_the_transfer_file(fake, backend, instance):
         location='vgA/x', source_type='image', source_id='img',
         virtual_size=100 * MiB, state='created')
     backend.records.put(record)
-    disk = backend.from_metadata(instance, 'disk')
-    transfer = disk.instance_dir + '/disk.lv-transfer'
+    # The data arrives before the record (migrate_disks sends it first),
+    # so the record's VG (the source's) is not where the disk is made.
+    transfer = os.path.join(backend.conf.instances_path, instance.uuid,
+                            'disk.lv-transfer')
     with open(transfer, 'wb') as f:
         f.truncate(100 * MiB)
+    disk = backend.from_metadata(instance, 'disk')
+    assert disk.moved_from == 'vgA/x'
     disk.settle()
     assert fake.calls == [
         LVS, VGS, ('lvcreate', '-y', '-L', f'{128 * MiB}b', '-n', disk.lv,
@@ -580,9 +584,14 @@ def test_settled_lv_flushed_before_its_record(fake, backend, instance,
         instance=instance.uuid, name='disk', backend='lvm', format='raw',
         location='vgA/x', source_type='image', source_id='img',
         virtual_size=100 * MiB, state='created'))
-    disk = backend.from_metadata(instance, 'disk')
-    with open(disk.instance_dir + '/disk.lv-transfer', 'wb') as f:
+    # The data arrives before the disk is opened (as in a migration), so
+    # the disk is made here, not in the record's VG.
+    transfer = os.path.join(backend.conf.instances_path, instance.uuid,
+                            'disk.lv-transfer')
+    os.makedirs(os.path.dirname(transfer), exist_ok=True)
+    with open(transfer, 'wb') as f:
         f.truncate(100 * MiB)
+    disk = backend.from_metadata(instance, 'disk')
     seen, patch = _puts(backend, flushed)
     with patch:
         disk.settle()
