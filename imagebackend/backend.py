@@ -38,6 +38,9 @@ KNOWN_TYPES = tuple(BACKENDS) + PENDING + ('default',)
 
 # The backend a legacy disk.info format implies (Nova wrote only these).
 _DISK_INFO_BACKENDS = {'raw': 'flat', 'qcow2': 'qcow2', 'ploop': 'ploop'}
+# What a file disk without record or disk.info entry is adopted as, when
+# this host's backend would read a backing file from it: a raw file.
+RAW_FILE_BACKEND = 'flat'
 
 
 def backend_class(image_type: str) -> type[image_mod.Image]:
@@ -135,9 +138,16 @@ class Backend:
                created_here: bool) -> records_mod.DiskRecord:
         """A record for a disk made before records existed.
 
-        Nova's disk.info says what format it decided a file disk has; failing
-        that, this host's config says which backend made it (we are on the
-        host that created it). The file is never sniffed for its format.
+        Nova's disk.info says what format it decided a file disk has.
+        Failing that, only the host that made the disk may adopt it
+        (``created_here``), on this host's backend -- unless that backend's
+        disks have a backing file: Nova's Qcow2 always wrote disk.info, so
+        a file it does not name is no overlay of Nova's, and a qcow2 header
+        in it may be the guest's own, naming a host file as backing. Such a
+        disk is adopted as raw (:data:`RAW_FILE_BACKEND`). The file is
+        never sniffed for its format, and a backing file is read only from
+        a disk disk.info says is qcow2, and accepted only inside this
+        host's image cache.
         """
         instance_dir = os.path.join(self.conf.instances_path, instance.uuid)
         path = os.path.join(instance_dir, name)
@@ -152,6 +162,8 @@ class Backend:
         elif created_here:
             image_type = self._type(None)
             how = 'host config'
+            if backend_class(image_type).capabilities.backing_in_cache:
+                image_type, how = RAW_FILE_BACKEND, 'raw: not in disk.info'
         else:
             raise exception.RecordNotFound(disk_name=name,
                                            instance=instance.uuid)
@@ -162,14 +174,19 @@ class Backend:
                                            instance=instance.uuid)
         fmt = fmt or disk.driver_format
         disk.driver_format = fmt
-        backing = backing_format = None
+        backing = None
+        facts: dict[str, Any] = {}
         if disk.capabilities.backing_in_cache:
-            # Read once, with its format named, to learn the backing file.
+            # disk.info says qcow2: a container qemu wrote, whose header
+            # names the base the guest reads through. Read once, with its
+            # format named, and only a base in this host's cache is taken.
             info = qemu.info(disk.path, fmt)
             size = int(info['virtual-size'])
             backing = info.get('full-backing-filename') or info.get(
                 'backing-filename')
-            backing_format = info.get('backing-filename-format')
+            if backing:
+                facts = self._adopted_backing(disk.path, backing, info.get(
+                    'backing-filename-format'))
         else:
             size = disk.get_disk_size(disk.path)
         record = records_mod.DiskRecord(
@@ -177,11 +194,42 @@ class Backend:
             format=fmt, location=disk.location, source_type='none',
             source_id=None, virtual_size=size,
             state=records_mod.CREATED,
-            backing=os.path.basename(backing) if backing else None,
-            backing_format=backing_format,
-            provenance={'path': 'adopted', 'from': how})
+            provenance={'path': 'adopted', 'from': how}, **facts)
         self.records.put(record)
         return record
+
+    def _adopted_backing(self, path: str, backing: str,
+                         backing_format: str | None) -> dict[str, Any]:
+        """Record fields for the base an adopted qcow2 disk names, if it is
+        a file of this host's image cache (symlinks resolved) whose format
+        is known (its sidecar, else the header's); else ImageUnacceptable."""
+        def refuse(reason):
+            return exception.ImageUnacceptable(image_id=path, reason=reason)
+        if not os.path.isabs(backing):
+            backing = os.path.join(os.path.dirname(path), backing)
+        real = os.path.realpath(backing)
+        base_dir = os.path.realpath(self.image_cache.base_dir)
+        if os.path.dirname(real) != base_dir:
+            raise refuse(f'its backing file {backing} is not in the image '
+                         f'cache {self.image_cache.base_dir}')
+        try:
+            entry_name = names.check_cache_name(os.path.basename(real))
+        except exception.InvalidDiskName as e:
+            raise refuse(f'its backing file {backing}: {e}')
+        entry = self.image_cache.get(entry_name)
+        facts: dict[str, Any] = {'backing': entry_name}
+        if entry is not None:
+            if backing_format and backing_format != entry.format:
+                raise refuse(f'it names {backing_format} as the format of '
+                             f'its base {entry_name}, which is '
+                             f'{entry.format}')
+            backing_format = entry.format
+            facts['backing_sha256'] = entry.sha256
+        if not backing_format:
+            raise refuse(f'the format of its base {entry_name} is not known '
+                         '(no cache sidecar, none in its header)')
+        facts['backing_format'] = backing_format
+        return facts
 
 
 def _disk_info(instance_dir: str) -> dict[str, Any]:

@@ -188,6 +188,93 @@ def test_legacy_base_whose_format_cannot_be_told_is_refused(host):
     assert a.records.get(instance.uuid, 'disk') is None
 
 
+# -- point 7: no record, no disk.info: raw, whatever the header says ---------
+
+def guest_writes_qcow2_header(disk_path: str, backing: str, tmp_path):
+    """Write into the disk's first clusters what a guest can: the start of
+    a qcow2 image whose header names ``backing`` as its backing file."""
+    evil = str(tmp_path / 'evil.qcow2')
+    run('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+        backing, evil, str(GiB))
+    with open(evil, 'rb') as f:
+        header = f.read()
+    assert backing.encode() in header
+    run('qemu-io', '-f', 'raw', '-c', f'write -P 0 0 {len(header)}',
+        disk_path)
+    with open(disk_path, 'r+b') as f:
+        f.write(header)
+        os.fsync(f.fileno())
+    # What qemu would make of it, if it were asked to guess.
+    assert qemu_info(disk_path, 'qcow2')['backing-filename'] == backing
+    return header
+
+
+def test_recordless_disk_with_guest_qcow2_header_is_adopted_raw(hosts,
+                                                               tmp_path):
+    secret = tmp_path / 'host-secret'
+    secret.write_bytes(SECRET * 100)
+    image(hosts, 'img', 0xab)
+    instance = instance_mod.Instance(image_ref='img', name='vm',
+                                     flavor=instance_mod.Flavor(root_gb=1))
+    mapping = instance_mod.disk_mapping(instance, {})
+    a = hosts.backend('a')
+    hosts.confs['a'].set_override('images_type', 'flat', group='libvirt')
+    assert flows.spawn(a, None, instance, mapping, {}) == ['disk']
+    path = a.records.get(instance.uuid, 'disk').location
+    header = guest_writes_qcow2_header(path, str(secret), tmp_path)
+    # disks.json is lost; the host's config now says qcow2 (the default).
+    os.unlink(os.path.join(hosts.paths['a'], instance.uuid, 'disks.json'))
+    hosts.confs['a'].clear_override('images_type', group='libvirt')
+    a = hosts.backend('a')
+
+    # The CLI's resize: a bigger flavor through finish_migration.
+    instance.flavor = instance_mod.Flavor(root_gb=2)
+    with processes.recording() as commands:
+        done = flows.finish_migration(a, None, instance, mapping, {})
+    assert done['grown'] == ['disk']
+    record = a.records.get(instance.uuid, 'disk')
+    assert (record.backend, record.format) == ('flat', 'raw')
+    assert (record.backing, record.backing_format) == (None, None)
+    assert record.provenance == {'path': 'adopted',
+                                 'from': 'raw: not in disk.info'}
+    assert record.virtual_size == 2 * GiB
+    # Never opened as qcow2, never read through the header's backing file.
+    for cmd in commands:
+        assert str(secret) not in cmd
+        assert not ('-f' in cmd and cmd[cmd.index('-f') + 1] == 'qcow2')
+    assert os.path.getsize(path) == 2 * GiB
+    with open(path, 'rb') as f:
+        assert f.read(len(header)) == header  # the guest's bytes, as data
+    assert secret.read_bytes() == SECRET * 100
+    assert_secret_nowhere(hosts.paths['a'], hosts.images)
+    # Migrating it carries no backing file either.
+    migration.migrate_disks(a, instance, mapping, 'b', hosts.transport, {})
+    flows.finish_migration(hosts.backend('b'), None, instance, mapping, {},
+                           source_host='a')
+    assert hosts.backend('b').records.get(instance.uuid, 'disk').backing \
+        is None
+    assert_secret_nowhere(hosts.paths['b'])
+
+
+def test_disk_info_qcow2_with_backing_outside_cache_is_refused(hosts,
+                                                               tmp_path):
+    # Even where disk.info says qcow2, a backing file outside this host's
+    # image cache is never taken into a record.
+    secret = tmp_path / 'host-secret'
+    secret.write_bytes(SECRET)
+    instance = instance_mod.Instance()
+    inst_dir = os.path.join(hosts.paths['a'], instance.uuid)
+    os.makedirs(inst_dir)
+    path = os.path.join(inst_dir, 'disk')
+    run('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+        str(secret), path, str(GiB))
+    with open(os.path.join(inst_dir, 'disk.info'), 'w') as f:
+        json.dump({path: 'qcow2'}, f)
+    with pytest.raises(exception.ImageUnacceptable):
+        hosts.backend('a').from_metadata(instance, 'disk')
+    assert hosts.backend('a').records.list(instance.uuid) == []
+
+
 # -- point 10: a restored base must be the bytes the disk was made on ---------
 
 def test_restoring_base_from_changed_image_is_refused(hosts, tmp_path):

@@ -78,3 +78,72 @@ def test_bad_backing_fields(field, value):
         record(**{field: value})
 
 
+# -- adopting a qcow2 disk disk.info names -------------------------------------
+
+@pytest.fixture
+def qcow2_disk(host, instance):
+    d = os.path.join(host.instances_path, instance.uuid)
+    os.makedirs(d)
+    path = os.path.join(d, 'disk')
+    with open(path, 'wb') as f:
+        f.write(b'\0' * 512)
+    with open(os.path.join(d, 'disk.info'), 'w') as f:
+        json.dump({path: 'qcow2'}, f)
+    return path
+
+
+def adopt(backend, instance, backing, fmt='raw'):
+    info = {'virtual-size': GiB, 'full-backing-filename': backing}
+    if fmt:
+        info['backing-filename-format'] = fmt
+    with mock.patch.object(imagebackend.qemu, 'info', return_value=info):
+        return backend.from_metadata(instance, 'disk')
+
+
+@pytest.mark.parametrize('where', ['/etc/shadow', '{base}/../secret',
+                                   '{base}/sub/x', '{inst}/elsewhere'])
+def test_adopted_backing_outside_the_cache_is_refused(backend, host,
+                                                      instance, qcow2_disk,
+                                                      where):
+    base = os.path.join(host.instances_path, '_base')
+    backing = where.format(base=base, inst=host.instances_path)
+    with pytest.raises(exception.ImageUnacceptable):
+        adopt(backend, instance, backing)
+    assert backend.records.list(instance.uuid) == []
+
+
+def test_adopted_backing_symlink_out_of_the_cache_is_refused(
+        backend, host, instance, qcow2_disk, tmp_path):
+    base = os.path.join(host.instances_path, '_base')
+    os.makedirs(base)
+    os.symlink(str(tmp_path / 'secret'), os.path.join(base, 'link'))
+    with pytest.raises(exception.ImageUnacceptable):
+        adopt(backend, instance, os.path.join(base, 'link'))
+
+
+def test_adopted_backing_takes_the_sidecar(backend, host, instance,
+                                           qcow2_disk):
+    cache = backend.image_cache
+    cache.ensure_dirs()
+    with open(cache.path('abc'), 'wb') as f:
+        f.write(b'x')
+    with open(cache.path('abc') + '.meta.json', 'w') as f:
+        json.dump({'name': 'abc', 'format': 'qcow2', 'virtual_size': GiB,
+                   'sha256': SHA, 'kind': 'image', 'source': 'img'}, f)
+    disk = adopt(backend, instance, cache.path('abc'), fmt=None)
+    r = disk.record
+    assert (r.backing, r.backing_format, r.backing_sha256) == (
+        'abc', 'qcow2', SHA)
+    # The header contradicting the sidecar is refused.
+    backend.records.delete(instance.uuid, 'disk')
+    with pytest.raises(exception.ImageUnacceptable):
+        adopt(backend, instance, cache.path('abc'), fmt='raw')
+
+
+def test_adopted_backing_of_unknown_format_is_refused(backend, host,
+                                                      instance, qcow2_disk):
+    base = os.path.join(host.instances_path, '_base', 'abc')
+    with pytest.raises(exception.ImageUnacceptable):
+        adopt(backend, instance, base, fmt=None)
+
+
