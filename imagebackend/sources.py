@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import uuid as uuid_mod
 from typing import Any, Iterator, Protocol, runtime_checkable
 
@@ -71,18 +72,56 @@ class DirectoryImageSource:
             raise exception.ImageNotFound(image_id=image_id)
         for fmt in DISK_FORMATS:
             path = os.path.join(self.directory, f'{image_id}.{fmt}')
-            if os.path.isfile(path):
-                return path, fmt
+            if os.path.lexists(path):
+                return self._inside(image_id, path), fmt
         raise exception.ImageNotFound(image_id=image_id)
 
-    def get_meta(self, context: Any, image_id: str) -> ImageMeta:
+    def _inside(self, image_id: str, path: str) -> str:
+        """``path`` with symlinks resolved, if that is a regular file in the
+        images folder: a link to a host file (``/etc/shadow``) must never
+        put that file into the cache and a guest's disk."""
+        real = os.path.realpath(path)
+        folder = os.path.realpath(self.directory)
+        if os.path.dirname(real) != folder:
+            raise exception.ImageUnacceptable(
+                image_id=image_id, reason=f'{path} leads out of the images '
+                f'folder {self.directory} (to {real})')
+        if not os.path.isfile(real):
+            raise exception.ImageUnacceptable(
+                image_id=image_id, reason=f'{path} is not a regular file')
+        return real
+
+    def _open(self, image_id: str) -> tuple[int, str]:
+        """An open descriptor on the image's file, and its format. Opened
+        without following a link, then checked to be the very file found
+        inside the folder (nothing swapped in between)."""
         path, fmt = self._find(image_id)
-        return ImageMeta(id=image_id, disk_format=fmt,
-                         size=os.path.getsize(path), name=image_id)
+        before = os.lstat(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise exception.ImageUnacceptable(
+                image_id=image_id, reason=f'cannot open {path}: {e}')
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or \
+                (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            os.close(fd)
+            raise exception.ImageUnacceptable(
+                image_id=image_id, reason=f'{path} changed while opened')
+        return fd, fmt
+
+    def get_meta(self, context: Any, image_id: str) -> ImageMeta:
+        fd, fmt = self._open(image_id)
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        return ImageMeta(id=image_id, disk_format=fmt, size=size,
+                         name=image_id)
 
     def open(self, context: Any, image_id: str) -> Iterator[bytes]:
-        path, _fmt = self._find(image_id)
-        with open(path, 'rb') as f:
+        fd, _fmt = self._open(image_id)
+        with os.fdopen(fd, 'rb') as f:
             while True:
                 chunk = f.read(self.chunk_size)
                 if not chunk:

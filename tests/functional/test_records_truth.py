@@ -275,6 +275,38 @@ def test_disk_info_qcow2_with_backing_outside_cache_is_refused(hosts,
     assert hosts.backend('a').records.list(instance.uuid) == []
 
 
+# -- point 7: a symlink out of the images folder -------------------------------
+
+@pytest.mark.parametrize('image_type', ['flat', 'qcow2'])
+def test_symlink_out_of_images_folder_is_refused(hosts, tmp_path,
+                                                 image_type):
+    secret = tmp_path / 'host-secret'
+    secret.write_bytes(SECRET * 1000)
+    os.symlink(str(secret), os.path.join(hosts.images, 'evil.raw'))
+    a = hosts.backend('a')
+    instance = instance_mod.Instance()
+    disk = a.by_name(instance, 'disk', image_type)
+    with pytest.raises(exception.ImageUnacceptable):
+        disk.create_from_image(None, 'evil', GiB)
+    with pytest.raises(exception.ImageUnacceptable):
+        a.source.get_meta(None, 'evil')
+    assert not disk.exists()
+    assert a.records.list(instance.uuid) == []
+    base = os.path.join(hosts.paths['a'], '_base')
+    assert not os.path.isdir(base) or os.listdir(base) == []
+    assert_secret_nowhere(hosts.paths['a'])
+
+
+def test_symlink_inside_images_folder_still_works(hosts):
+    src = image(hosts, 'real', 0xcd)
+    os.symlink(os.path.basename(src), os.path.join(hosts.images,
+                                                   'alias.qcow2'))
+    a = hosts.backend('a')
+    disk = a.by_name(instance_mod.Instance(), 'disk', 'flat')
+    disk.create_from_image(None, 'alias', GiB)
+    run('qemu-img', 'compare', '-f', 'raw', '-F', 'qcow2', disk.path, src)
+
+
 # -- point 10: a restored base must be the bytes the disk was made on ---------
 
 def test_restoring_base_from_changed_image_is_refused(hosts, tmp_path):

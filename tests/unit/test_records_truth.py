@@ -147,3 +147,31 @@ def test_adopted_backing_of_unknown_format_is_refused(backend, host,
         adopt(backend, instance, base, fmt=None)
 
 
+# -- the images folder -----------------------------------------------------------
+
+def test_directory_source_refuses_links_out(tmp_path):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    (tmp_path / 'secret').write_bytes(b'secret')
+    os.symlink(str(tmp_path / 'secret'), str(folder / 'a.raw'))
+    os.symlink('../images/../secret', str(folder / 'b.raw'))
+    os.mkdir(folder / 'c.raw')
+    src = sources.DirectoryImageSource(str(folder))
+    for image_id in ('a', 'b', 'c'):
+        with pytest.raises(exception.ImageUnacceptable):
+            src.get_meta(None, image_id)
+        with pytest.raises(exception.ImageUnacceptable):
+            list(src.open(None, image_id))
+    with pytest.raises(exception.ImageNotFound):
+        src.get_meta(None, 'd')
+
+
+def test_directory_source_follows_links_inside(tmp_path):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    (folder / 'real.raw').write_bytes(b'data')
+    os.symlink('real.raw', str(folder / 'alias.qcow2'))
+    src = sources.DirectoryImageSource(str(folder))
+    meta = src.get_meta(None, 'alias')
+    assert (meta.disk_format, meta.size) == ('qcow2', 4)
+    assert b''.join(src.open(None, 'alias')) == b'data'
