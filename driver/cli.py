@@ -675,7 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 metavar='ACTION')
     for name, func, text in (
             ('list', cmd_cache_list, 'entries, their users and age'),
-            ('verify', cmd_cache_verify, 'recompute sha256 of entries'),
+            ('verify', cmd_cache_verify,
+             'recompute the digest of entries; exit 1 on any problem'),
             ('clean', cmd_cache_clean, 'remove unused entries')):
         p = csub.add_parser(name, help=text, description=text)
         p.add_argument('--host', default=state_mod.DEFAULT_HOST)

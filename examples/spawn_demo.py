@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     for e in backend.image_cache.entries():
         print(f'  {e.name}  {e.kind}  {e.format}  {human(e.virtual_size)}  '
               f'allocated {human(fileutils.allocated_bytes(e.path))}  '
-              f'sha256 {e.sha256[:12]}')
+              f'digest {e.sha256.rsplit(":", 1)[-1][:12]}')
     print('\nRun it again: the cache is reused, each disk is one command '
           '(Qcow2) or none (Flat root).')
     return 0
