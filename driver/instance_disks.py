@@ -76,9 +76,11 @@ def instance_disks(backend, instance, mapping: dict,
 
     if wanted('disk.config'):
         tpl = templates.ConfigDrive(instance)
-        yield disks.DiskFromFunc(image=image('disk.config', CONFIG_DRIVE_TYPE),
-                                 size=None, func=tpl,
-                                 cache_name=tpl.cache_name)
+        config = image('disk.config', CONFIG_DRIVE_TYPE)
+        # Made afresh from the instance each time, kept nowhere else.
+        yield disks.DiskFromFunc(image=config, size=None, func=tpl,
+                                 cache_name=tpl.cache_name,
+                                 keep_template=False)
 
 
 def disposable_as_recorded(backend, instance, record,

@@ -81,19 +81,28 @@ class DiskFromImage(CreatableDisk):
 
 @dataclasses.dataclass
 class DiskFromFunc(CreatableDisk):
-    """A disk to be made by ``func(target)`` (ephemeral, swap, config)."""
+    """A disk to be made by ``func(target)`` (ephemeral, swap, config).
+
+    ``keep_template=False`` declares per-instance content (a config drive):
+    no other disk shares it and a later disk of the same source (a rescue
+    config drive) must be made afresh, so the backend makes the disk
+    straight from what ``func`` writes (``Image.create_from_content``) and
+    keeps no template of it, in its cache or its store.
+    """
 
     func: Callable[[str], None] = None
     cache_name: str = ''
+    keep_template: bool = True
 
     @property
     def source(self) -> tuple[str, str]:
         return ('func', self.cache_name)
 
     def create(self, context, fallback=None):
+        make = (self.image.create_from_func if self.keep_template
+                else self.image.create_from_content)
         with nospace.mapped(f'disk {self.name}'):
-            self.image.create_from_func(context, self.func, self.cache_name,
-                                        self.size, fallback)
+            make(context, self.func, self.cache_name, self.size, fallback)
 
     def check_backing(self, context, fallback=None):
         self.image.check_backing_from_func(context, self.func,

@@ -354,6 +354,8 @@ class ImageBackendFixture(fixtures.Fixture):
 
         disk.create_from_image.side_effect = create_from_image
         disk.create_from_func.side_effect = create_from_func
+        # No template either way for a fake: recorded alike.
+        disk.create_from_content.side_effect = create_from_func
         disk.create_empty.side_effect = create_empty
         disk.cache.side_effect = cache
         disk.check_backing_from_image.side_effect = check_backing

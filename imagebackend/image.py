@@ -171,6 +171,21 @@ class Image(abc.ABC):
         shim.create_from_func(self, context, func, cache_name, size,
                               fallback)
 
+    def create_from_content(self, context: Any,
+                            func: Callable[[str], None], cache_name: str,
+                            size: int | None = None,
+                            fallback: str | None = None) -> None:
+        """Create this disk from what ``func(target)`` writes, keeping no
+        template: per-instance content (a config drive) that no other disk
+        shares and that must be made afresh each time. ``cache_name`` is
+        only recorded as the disk's source.
+
+        Default: :meth:`create_from_func`, which is that already on
+        backends that write the function's output into the disk itself
+        (Flat, Lvm, Ploop). Backends whose ``create_from_func`` goes
+        through a shared template override this."""
+        self.create_from_func(context, func, cache_name, size, fallback)
+
     def check_backing_from_image(self, context: Any, image_id: str,
                                  fallback: str | None = None) -> None:
         """Recreate what an existing disk made from an image depends on.

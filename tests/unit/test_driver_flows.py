@@ -179,10 +179,13 @@ def test_spawn_creates_every_disk_in_order(fx, host):
     ]
     fx.disks['disk'].create_from_image.assert_called_once_with(
         CTX, 'img-1', 2 * GiB, None)
-    for name in names[1:]:
+    for name in names[1:-1]:
         assert call_names(fx, name) == ['exists', 'create_from_func'], name
     assert call_names(fx, 'disk') == ['exists', 'create_from_image']
-    # Every disk on the host's type, except the config drive (always flat).
+    # Per-instance content: made from what the template writes, no template.
+    assert call_names(fx, 'disk.config') == ['exists', 'create_from_content']
+    # Every disk on the host's type, except the config drive (a file where
+    # storage is not shared).
     assert {n: fx.disks[n].image_type for n in names} == {
         'disk': 'qcow2', 'disk.local': 'qcow2', 'disk.eph0': 'qcow2',
         'disk.swap': 'qcow2', 'disk.config': 'flat'}
@@ -606,7 +609,7 @@ def test_finish_migration_failure_deletes_only_created(make_fx, host):
     inst = make_instance(ephemeral_gb=1, swap=64, config_drive=True)
     mapping = instance_mod.disk_mapping(inst)
     copied_disks(fx, {'disk': GiB, 'disk.local': GiB})
-    fx.disks['disk.config'].create_from_func.side_effect = \
+    fx.disks['disk.config'].create_from_content.side_effect = \
         exception.ProcessError(cmd='genisoimage', exit_code=1)
 
     with pytest.raises(exception.ProcessError):

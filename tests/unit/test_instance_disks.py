@@ -306,6 +306,21 @@ def test_config_drive_is_flat_even_on_a_qcow2_host(fx, host):
     assert isinstance(config.func, templates.ConfigDrive)
     assert config.func.instance is inst
     assert config.cache_name == f'configdrive_{inst.uuid}'
+    assert config.keep_template is False
+
+
+def test_no_template_disk_is_made_from_its_content(fx, backend):
+    """keep_template=False goes to create_from_content; the default to
+    create_from_func."""
+    inst = make_instance(config_drive=True)
+    config = describe(backend, inst)['disk.config']
+    config.create('ctx')
+    assert [c[0] for c in fx.calls('disk.config')] == ['create_from_content']
+    local = disks_mod.DiskFromFunc(
+        image=backend.by_name(inst, 'disk.local'), size=GiB,
+        func=config.func, cache_name='ephemeral_1G_fs-ext4')
+    local.create('ctx')
+    assert [c[0] for c in fx.calls('disk.local')] == ['create_from_func']
 
 
 def test_config_drive_only_when_mapped(fx, backend):
