@@ -16,8 +16,11 @@ from imagebackend import exception
 from driver import instance as instance_mod
 from driver import templates
 
-# A config drive is per-instance content, never a shared template; it is a
-# plain file on every host (as in Nova), whatever images_type says.
+# A config drive is per-instance content, never a shared template. It is a
+# plain file in the instance directory, whatever images_type says, unless
+# the host's backend is shared storage (Rbd): a live migration with shared
+# storage copies nothing, so there it lives in the backend (as Nova imports
+# it into Ceph), where every host sees it.
 CONFIG_DRIVE_TYPE = 'flat'
 
 
@@ -76,7 +79,9 @@ def instance_disks(backend, instance, mapping: dict,
 
     if wanted('disk.config'):
         tpl = templates.ConfigDrive(instance)
-        config = image('disk.config', CONFIG_DRIVE_TYPE)
+        config = image('disk.config')
+        if not config.capabilities.shared_storage:
+            config = image('disk.config', CONFIG_DRIVE_TYPE)
         # Made afresh from the instance each time, kept nowhere else.
         yield disks.DiskFromFunc(image=config, size=None, func=tpl,
                                  cache_name=tpl.cache_name,

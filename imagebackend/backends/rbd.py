@@ -40,6 +40,15 @@ Native path, ephemeral and swap (``create_from_func``): the template is made
 once locally in the image cache (``ensure_template``), imported once as the
 pool base named by its cache name, and cloned per disk, as above.
 
+Native path, per-instance content (``create_from_content``: a config
+drive, declared ``keep_template=False``): ``func`` writes it into a
+temporary file in the instance directory, which is ``rbd import``-ed (as
+above) straight as the disk ``<uuid>_<disk name>`` and removed; no pool
+base, no ``_base`` entry, nothing a later disk (a rescue config drive)
+could reuse stale. Nova, on rbd hosts, also imports its config drive
+(``import_file``); in the pool, a live migration with shared storage keeps
+it.
+
 Per disk, once the base is in the pool: 0 commands. librbd/librados calls,
 in-process: one connection (plus one for the record keeping's existence
 check), open of the disk's name (must not exist), open of the base
@@ -94,6 +103,8 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid as uuid_mod
 from typing import Any, Callable, ClassVar, Iterator
@@ -384,6 +395,44 @@ class Rbd(image.SelfContained, image.Image):
                     lambda: self.image_cache.ensure_template(
                         cache_name, func, fallback))
             self._clone_disk(conn, 'func', cache_name, parent, size)
+
+    def create_from_content(self, context: Any,
+                            func: Callable[[str], None], cache_name: str,
+                            size: int | None = None,
+                            fallback: str | None = None) -> None:
+        """Per-instance content (a config drive): ``func`` writes it into a
+        temporary file in the instance directory, which is imported as this
+        disk's own RBD image (no pool base, no ``_base`` entry: nothing
+        another disk could reuse) and removed. Every host using the pool
+        sees the disk, so a live migration with shared storage keeps it."""
+        names.check_cache_name(cache_name)
+        with self._connect() as conn:
+            self._refuse_existing(conn)
+            fsid = conn.fsid
+        with self._creating('func', cache_name, 'native') as facts:
+            # In the instance directory (made by _creating): a copy left by
+            # a killed process goes with the instance, never piles up.
+            tmpdir = tempfile.mkdtemp(prefix=f'.{self.disk_name}-',
+                                      suffix=names.PART_SUFFIX,
+                                      dir=self.instance_dir)
+            try:
+                local = os.path.join(tmpdir, 'content')
+                func(local)
+                final = os.path.getsize(local)
+                self._check_size(size, final)
+                # Straight in as the disk (record still `creating`): a failed
+                # import's partial image goes with the record (_creating).
+                self._import_file(local, 'raw', self.rbd_name)
+            finally:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            if size and size > final:
+                self._grow(size)
+                final = size
+            facts.update(format='raw', virtual_size=final, provenance={
+                'how': 'import-own',
+                'why': 'per-instance content: generated here and imported '
+                       'as the disk itself, no template kept',
+                'cluster': fsid})
 
     def _refuse_existing(self, conn: _Connection) -> None:
         # Before any import: creating an existing disk is an error anyway.

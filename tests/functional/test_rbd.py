@@ -577,11 +577,10 @@ def test_domain_from_an_rbd_instance(tmp_path, ceph):
     for name, m in mapping.items():
         rec = a.records.get(instance.uuid, name)
         d = back[m['dev']]
-        if rec.backend == 'rbd':
-            assert d.get('type') == 'network'
-            assert d.find('source').get('name') == rec.location
-        else:   # the config drive is a file on every host
-            assert (name, d.get('type')) == ('disk.config', 'file')
+        # Every disk, the config drive too (shared storage: in the pool).
+        assert rec.backend == 'rbd'
+        assert (d.get('type'), d.get('device')) == ('network', m['type'])
+        assert d.find('source').get('name') == rec.location
 
 
 # -- snapshots out ------------------------------------------------------------

@@ -309,6 +309,27 @@ def test_config_drive_is_flat_even_on_a_qcow2_host(fx, host):
     assert config.keep_template is False
 
 
+@pytest.mark.parametrize('host_type, expected', [
+    ('rbd', 'rbd'), ('qcow2', 'flat'), ('flat', 'flat'), ('lvm', 'flat'),
+    ('ploop', 'flat')])
+def test_config_drive_on_shared_storage_is_in_the_hosts_backend(
+        fx, host, host_type, expected):
+    """A live migration with shared storage copies nothing: there the
+    drive is made in the backend every host sees, elsewhere a file."""
+    host.set_override('images_type', host_type, group='libvirt')
+    backend = imagebackend.Backend(conf=host)
+    inst = make_instance(config_drive=True)
+    for suffix, mapping in (('', instance_mod.disk_mapping(inst)),
+                            ('.rescue', instance_mod.rescue_mapping(inst))):
+        found = describe(backend, inst, mapping=mapping, suffix=suffix)
+        config = found['disk.config' + suffix]
+        assert config.image.image_type == expected
+        assert config.keep_template is False
+        assert isinstance(config.func, templates.ConfigDrive)
+    # Described only: the host's backend was asked its capabilities.
+    assert fx.created_disks == []
+
+
 def test_no_template_disk_is_made_from_its_content(fx, backend):
     """keep_template=False goes to create_from_content; the default to
     create_from_func."""
