@@ -16,8 +16,8 @@ never the fixed 3300/6789, so a cluster already on this host (another test
 session, a real Ceph) is never touched; if the mon cannot bind what was
 picked (taken in between) it exits and other ports are tried.
 
-:func:`ceph_cluster` is the session-scoped fixture (import it into a test
-module); :func:`running_cluster` is the same as a context manager, and
+:func:`ceph_cluster` is the session-scoped fixture (registered once, in
+``tests/functional/conftest.py``); :func:`running_cluster` is the same as a context manager, and
 ``python -m tests.functional.ceph_env DIR`` starts one by hand until Ctrl-C.
 """
 

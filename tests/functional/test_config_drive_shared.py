@@ -26,7 +26,6 @@ from driver import flows
 from driver import instance as instance_mod
 from driver import instance_disks
 from driver import templates
-from tests.functional.ceph_env import ceph_cluster  # noqa: F401 (fixture)
 from tests.functional.conftest import define_and_read
 from tests.functional.test_flows import Hosts, new_instance
 from tests.functional.test_rbd import (ceph, killing_rbd,  # noqa: F401

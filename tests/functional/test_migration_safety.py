@@ -19,7 +19,6 @@ from driver import cli
 from driver import flows
 from driver import instance as instance_mod
 from imagebackend import exception
-from tests.functional.ceph_env import ceph_cluster  # noqa: F401 (fixture)
 from tests.functional.conftest import GiB, MiB, blkid, qemu_info
 from tests.functional.test_flows import Hosts, read_marker, write_marker
 
@@ -36,7 +35,7 @@ def _ib(state: str, capsys, *args: str, ok: bool = True) -> dict:
 # -- the source keeps shared disks -------------------------------------------
 
 @pytest.fixture
-def ceph(ceph_cluster):  # noqa: F811
+def ceph(ceph_cluster):
     from tests.functional.test_rbd import purge
     yield ceph_cluster
     purge(ceph_cluster)

@@ -33,7 +33,6 @@ from imagebackend.backends import rbd as rbd_mod
 from driver import flows
 from driver import instance as instance_mod
 from driver import migration
-from tests.functional.ceph_env import ceph_cluster  # noqa: F401 (fixture)
 from tests.functional.ceph_env import free_port
 from tests.functional.conftest import (define_and_read, GiB, MiB, Instance, blkid,
                                        guest_bytes, make_ephemeral,
@@ -148,7 +147,7 @@ def purge(ceph) -> None:
 
 
 @pytest.fixture
-def ceph(ceph_cluster):  # noqa: F811
+def ceph(ceph_cluster):
     yield ceph_cluster
     purge(ceph_cluster)
 
