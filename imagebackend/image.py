@@ -265,7 +265,10 @@ class Image(abc.ABC):
         """
         name = os.path.basename(base)
         cache = self.image_cache
-        entry = cache.get(name)
+        # A base cached earlier must still have its digest (cheap while its
+        # size, mtime and inode are unchanged): changed bytes are refused.
+        entry = cache.check(name) if os.path.exists(
+            base + names.META_SUFFIX) else None
         if entry is None:
             record = self._record
             kind, source = 'template', name

@@ -92,10 +92,11 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
             return
         if not os.path.exists(base):
             prepare_template(target=base, *args, **kwargs)
-        entry = self.image_cache.get(os.path.basename(base))
-        if entry is not None:
-            self.driver_format = entry.format
-            self.image_cache.touch(entry)
+        # The copy has the base's format: from its sidecar (a base Nova's
+        # fetch wrote gets one now, from its inspected bytes), checked.
+        entry = self._legacy_base_entry(base)
+        self.driver_format = entry.format
+        self.image_cache.touch(entry)
         self.verify_base_size(base, size)
         if not self.exists():
             with self.image_cache.lock(os.path.basename(base)):
