@@ -379,7 +379,8 @@ def _as_recorded(image, record, described) -> disks_mod.CreatableDisk:
     if not image.capabilities.backing_in_cache:
         return _EmptyLike(image=image, size=record.virtual_size,
                           record=record)
-    return _from_record(image, record, described, record.virtual_size)
+    return _SameBaseAs(_from_record(image, record, described,
+                                    record.virtual_size), record)
 
 
 def _no_regeneration(cache_name: str, target: str) -> None:
@@ -404,6 +405,41 @@ class _EmptyLike(disks_mod.CreatableDisk):
 
     def check_backing(self, context, fallback=None):
         pass
+
+
+class _SameBaseAs(disks_mod.CreatableDisk):
+    """A disk made again on this host over a base that must have the digest
+    ``record`` (from the source) keeps: the guest's writes in the disk lie
+    over that base's bytes, so an image id whose bytes changed upstream, or
+    a template made again rather than copied, would show the guest other
+    data. Refused (ImageUnacceptable) and the disk removed again."""
+
+    def __init__(self, disk, record):
+        super().__init__(image=disk.image, size=disk.size,
+                         disposable=disk.disposable)
+        self.disk = disk
+        self.record = record
+
+    @property
+    def source(self):
+        return self.disk.source
+
+    def create(self, context, fallback=None):
+        self.disk.create(context, fallback=fallback)
+        want = self.record.backing_sha256
+        made = self.image.record
+        got = made.backing_sha256 if made is not None else None
+        if want and got != want:
+            self.image.delete()
+            raise exception.ImageUnacceptable(
+                image_id=self.source[1],
+                reason=f'disk {self.name} depends on base '
+                       f'{self.record.backing} with digest {want}, but this '
+                       f'host has it with digest {got}: its data changed '
+                       'since the disk was made')
+
+    def check_backing(self, context, fallback=None):
+        self.disk.check_backing(context, fallback=fallback)
 
 
 def rescue(backend, context: Any, instance, rescue_image_id: str | None = None,

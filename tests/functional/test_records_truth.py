@@ -343,3 +343,25 @@ def test_restoring_base_from_changed_image_is_refused(hosts, tmp_path):
         record.backing_sha256
     run('qemu-img', 'check', '-f', 'qcow2', disk.path)
     assert fileutils.sha256_file(disk.path) == before[0]
+
+
+def test_pre_live_migration_refuses_a_base_with_other_bytes(hosts):
+    # The image's bytes changed upstream after the instance was made on a:
+    # b would fetch the new bytes and lay the guest's writes over them.
+    image(hosts, 'img', 0xab)
+    a = hosts.backend('a')
+    instance = instance_mod.Instance(image_ref='img', name='vm',
+                                     flavor=instance_mod.Flavor(root_gb=1))
+    mapping = instance_mod.disk_mapping(instance, {})
+    a.by_name(instance, 'disk', 'qcow2').create_from_image(None, 'img', GiB)
+    records = a.records.list(instance.uuid)
+    image(hosts, 'img', 0x11)
+
+    b = hosts.backend('b')
+    with pytest.raises(exception.ImageUnacceptable) as e:
+        flows.pre_live_migration(b, None, instance, mapping, records, {},
+                                 source_host='a')
+    assert records[0].backing_sha256 in str(e.value)
+    assert b.records.list(instance.uuid) == []
+    assert not os.path.exists(os.path.join(hosts.paths['b'], instance.uuid,
+                                           'disk'))
