@@ -272,7 +272,15 @@ class Rbd(image.SelfContained, image.Image):
             if record is not None and record.backend == self.image_type:
                 # The disk is where its record says (another host's pool
                 # option may differ), not where this host would put it.
-                pool, name = parse_path(record.location)
+                pool, recorded = parse_path(record.location)
+                if recorded != name:
+                    # A record naming another image (disks.json travels
+                    # with an instance) would hand this disk's resize or
+                    # delete to a disk that is not this one.
+                    raise exception.CorruptRecord(
+                        location=f'{record.instance}/{record.name}',
+                        reason=f'location {record.location!r} is not '
+                               f'<pool>/{name}')
         if not pool:
             raise exception.InvalidInput(
                 reason='[libvirt] images_rbd_pool must not be empty')

@@ -223,3 +223,28 @@ def test_rbd_error_is_an_imagebackend_error():
     err = rbd_mod.RbdError(operation='clone', target='p/i@s', reason='x')
     assert isinstance(err, exception.ImageBackendError)
     assert 'clone of p/i@s failed: x' in str(err)
+
+
+def _recorded(host, instance, location):
+    backend = imagebackend.Backend(conf=host)
+    backend.records.put(records.DiskRecord(
+        instance=instance.uuid, name='disk', backend='rbd', format='raw',
+        location=location, source_type='image', source_id='img',
+        virtual_size=GiB, state='created'))
+    return backend
+
+
+def test_existing_disk_is_in_the_pool_its_record_names(rbd_host, instance):
+    rbd_host.set_override('images_rbd_pool', 'today', group='libvirt')
+    backend = _recorded(rbd_host, instance, f'then/{instance.uuid}_disk')
+    disk = backend.by_name(instance, 'disk')
+    assert disk.location == f'then/{instance.uuid}_disk'
+
+
+def test_record_naming_another_image_is_refused(rbd_host, instance):
+    # disks.json travels with an instance: it must not point this disk's
+    # resize or delete at another instance's image.
+    other = '0' * 8 + '-0000-4000-8000-' + '0' * 12
+    backend = _recorded(rbd_host, instance, f'rbd/{other}_disk')
+    with pytest.raises(exception.CorruptRecord):
+        backend.by_name(instance, 'disk')
