@@ -40,6 +40,7 @@ from oslo_utils import units
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
+from imagebackend import locks
 from imagebackend import names
 from imagebackend import qemu
 from imagebackend import sources as sources_mod
@@ -136,7 +137,7 @@ class ImageCache:
         self.instances_path = conf.instances_path
         self.subdir = conf.image_cache.subdirectory_name
         self.base_dir = os.path.join(self.instances_path, self.subdir)
-        self.lock_path = os.path.join(self.instances_path, 'locks')
+        self.lock_path = locks.lock_dir(self.instances_path)
 
     # -- names and locks ---------------------------------------------------
 

@@ -31,7 +31,6 @@ from oslo_concurrency import lockutils
 from imagebackend import names
 
 LOCK_PREFIX = 'ib-'
-LOCKS_SUBDIR = 'locks'
 
 _held = threading.local()            # per thread: {lock file: depth}
 _semaphores: dict[str, lockutils.Semaphores] = {}
@@ -40,7 +39,7 @@ _semaphores_guard = threading.Lock()
 
 def lock_dir(instances_path: str) -> str:
     """The lock directory of a host whose instances_path is given."""
-    return os.path.join(instances_path, LOCKS_SUBDIR)
+    return os.path.join(instances_path, names.LOCKS_DIR)
 
 
 def _directory(conf_or_lock_path: Any) -> str:

@@ -36,7 +36,7 @@ CREATING = 'creating'
 CREATED = 'created'
 STATES = (CREATING, CREATED)
 SOURCE_TYPES = ('image', 'func', 'none')
-RECORDS_FILE = 'disks.json'
+RECORDS_FILE = names.RECORDS_FILE
 # Optional fields added after schema version 1: omitted from the stored
 # form while None (see the module docstring).
 OPTIONAL_FIELDS = ('backing_sha256',)
