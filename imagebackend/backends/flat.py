@@ -97,7 +97,7 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
         entry = self._legacy_base_entry(base)
         self.driver_format = entry.format
         self.image_cache.touch(entry)
-        self.verify_base_size(base, size)
+        self.verify_base_size(base, size, entry.virtual_size)
         if not self.exists():
             with self.image_cache.lock(os.path.basename(base)):
                 processes.execute('cp', '-r', base, self.path)
