@@ -10,7 +10,12 @@
 #      (tools/link_system_modules.py, also used by tox);
 #   4. pip install -e '.[test]' (skipped while .venv/.installed-<hash> exists;
 #      the hash covers setup.cfg, setup.py, pyproject.toml and the list of
-#      top-level packages, so adding e.g. driver/__init__.py re-installs).
+#      top-level packages, so adding e.g. driver/__init__.py re-installs);
+#   5. downloads the nova 34.0.0 wheel into .venv/nova-wheel;
+#   6. creates .venv-nova, a second virtualenv from the same python with
+#      real Nova 34.0.0 (that wheel, its dependencies from PyPI, the test
+#      requirements in tools/nova-requirements.txt) and this project, for
+#      the tests that run Nova's own code on imagebackend.nova.
 #
 # Quiet when there is nothing to do; prints one line per step it performs and
 # the full output of any step that fails.
@@ -121,4 +126,34 @@ if ! ls "$NOVA_WHEEL_DIR"/nova-34.0.0-*.whl >/dev/null 2>&1; then
     say "pip download nova==34.0.0 (wheel only, for tests/unit/test_config.py)"
     run_quiet "pip download nova" "$VENV/bin/python" -m pip download -q \
         --no-deps --only-binary :all: nova==34.0.0 -d "$NOVA_WHEEL_DIR"
+fi
+
+# --- 6. Nova's own code, in its own virtualenv --------------------------------
+# Nova pins many libraries of its own; it does not share .venv. The project
+# goes in editable and without dependencies (Nova brings the oslo libraries).
+NOVA_VENV="$ROOT/.venv-nova"
+nova_hash="$(
+    { cat tools/nova-requirements.txt; ls "$NOVA_WHEEL_DIR"; echo "$stamp_hash"; } \
+        | sha256sum | cut -d' ' -f1
+)"
+nova_stamp="$NOVA_VENV/.installed-$nova_hash"
+if [ ! -e "$nova_stamp" ]; then
+    if [ -x "$NOVA_VENV/bin/python" ] && [ "$("$NOVA_VENV/bin/python" -c \
+            'import sys; print(sys.base_prefix)' 2>/dev/null || true)" = /usr ]; then
+        :
+    else
+        rm -rf "$NOVA_VENV"
+        say "creating .venv-nova with $SYSTEM_PYTHON (real Nova 34.0.0)"
+        run_quiet "nova venv creation" "$SYSTEM_PYTHON" -m venv "$NOVA_VENV"
+    fi
+    "$NOVA_VENV/bin/python" "$ROOT/tools/link_system_modules.py" \
+        || die "could not expose Debian's rados/rbd modules in .venv-nova"
+    say "pip install nova 34.0.0 and its test requirements into .venv-nova"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+    run_quiet "pip install nova" "$NOVA_VENV/bin/python" -m pip install -q \
+        "$NOVA_WHEEL_DIR"/nova-34.0.0-*.whl -r tools/nova-requirements.txt
+    run_quiet "pip install -e . (nova venv)" "$NOVA_VENV/bin/python" -m pip \
+        install -q --no-deps -e .
+    rm -f "$NOVA_VENV"/.installed-*
+    touch "$nova_stamp"
 fi
