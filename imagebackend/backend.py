@@ -85,12 +85,18 @@ class Backend:
             image_type = 'flat'
         return image_type
 
+    def image_class(self, image_type: str | None = None
+                    ) -> type[image_mod.Image]:
+        """The class this Backend makes disks of ``image_type`` with
+        (default: the host's). A caller's subclass may give its own classes
+        (the Nova face gives Nova's names for the same backends)."""
+        return backend_class(self._type(image_type))
+
     def backend(self, image_type: str | None = None
                 ) -> Callable[..., image_mod.Image]:
         """A constructor ``f(instance=, disk_name=, path=,
         disk_info_mapping=)`` for ``image_type`` (default: the host's)."""
-        cls = backend_class(self._type(image_type))
-        return functools.partial(cls, backend=self)
+        return functools.partial(self.image_class(image_type), backend=self)
 
     def by_name(self, instance, name: str, image_type: str | None = None,
                 disk_info_mapping=None) -> image_mod.Image:
@@ -122,7 +128,7 @@ class Backend:
         if not record.created:
             raise exception.IncompleteDisk(disk_name=name, instance=uuid,
                                            state=record.state)
-        cls = backend_class(self._type(record.backend))
+        cls = self.image_class(record.backend)
         disk = cls(instance=instance, disk_name=name,
                    disk_info_mapping=disk_info_mapping, backend=self,
                    record=record)
@@ -162,12 +168,12 @@ class Backend:
         elif created_here:
             image_type = self._type(None)
             how = 'host config'
-            if backend_class(image_type).capabilities.backing_in_cache:
+            if self.image_class(image_type).capabilities.backing_in_cache:
                 image_type, how = RAW_FILE_BACKEND, 'raw: not in disk.info'
         else:
             raise exception.RecordNotFound(disk_name=name,
                                            instance=instance.uuid)
-        disk = backend_class(image_type)(instance=instance, disk_name=name,
+        disk = self.image_class(image_type)(instance=instance, disk_name=name,
                                          backend=self)
         if not disk.exists():
             raise exception.RecordNotFound(disk_name=name,
