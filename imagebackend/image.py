@@ -500,18 +500,39 @@ class Image(abc.ABC):
 
     # -- preallocation ---------------------------------------------------------
 
-    _cannot_fallocate: ClassVar[bool] = False
+    def _can_fallocate(self) -> bool:
+        """Whether fallocate(1) exists and this backend's filesystem
+        supports it: probed once per class with a 1-byte file beside the
+        disk, as Nova does (the answer is kept on the class as
+        ``can_fallocate``). Backends whose disks are no files say False."""
+        cls = type(self)
+        can = getattr(cls, 'can_fallocate', None)
+        if can is None:
+            probe = self.path + '.fallocate_test'
+            try:
+                processes.execute('fallocate', '-l', '1', probe)
+                can = True
+            except exception.ProcessError as e:
+                LOG.warning('Unable to preallocate image at path %s: %s',
+                            self.path, e.stderr)
+                can = False
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(probe)
+            cls.can_fallocate = can
+        return can
 
     def _preallocate(self, size: int | None) -> None:
-        if not (self.preallocate and size) or type(self)._cannot_fallocate:
-            return
-        if not os.access(self.path, os.W_OK):
+        """Reserve ``size`` bytes for the disk (preallocate_images=space),
+        where the filesystem can and the disk is writable (Nova's rule)."""
+        if not (self.preallocate and size and self._can_fallocate()
+                and os.access(self.path, os.W_OK)):
             return
         try:
             processes.execute('fallocate', '-n', '-l', str(size), self.path)
         except exception.ProcessError as e:
-            LOG.warning('preallocation is not possible here: %s', e.stderr)
-            type(self)._cannot_fallocate = True
+            LOG.warning('preallocation of %s failed: %s', self.path,
+                        e.stderr)
 
     # -- libvirt ---------------------------------------------------------------
 

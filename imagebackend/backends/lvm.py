@@ -247,8 +247,9 @@ class Lvm(image.SelfContained, image.Image):
     # The backend can make disks as thin snapshots of a per-image base;
     # whether this host does is :attr:`thin_snapshots` (config).
     SUPPORTS_THIN_SNAPSHOTS: ClassVar[bool] = True
-    # A block device cannot be fallocate'd (Nova: _can_fallocate False).
-    _cannot_fallocate: ClassVar[bool] = True
+    def _can_fallocate(self) -> bool:
+        # A block device cannot be fallocate'd (as in Nova).
+        return False
 
     def __init__(self, instance=None, disk_name=None, path=None,
                  disk_info_mapping=None, *, backend, record=None):

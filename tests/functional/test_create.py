@@ -157,6 +157,27 @@ def test_flat_preallocate_space(backend, host, instance, make_image):
     assert fileutils.allocated_bytes(disk.path) >= 128 * MiB
 
 
+def test_fallocate_support_is_probed_once_per_class(backend, host, instance,
+                                                    make_image, monkeypatch):
+    # Nova's rule: one 1-byte probe beside the first disk tells whether this
+    # filesystem can fallocate; later disks of the class reuse the answer.
+    from imagebackend import processes
+    from imagebackend.backends import flat
+    monkeypatch.delattr(flat.Flat, 'can_fallocate', raising=False)
+    host.set_override('preallocate_images', 'space')
+    make_image('img', 'raw')
+    with processes.recording() as commands:
+        for name in ('disk', 'disk.local'):
+            disk = backend.by_name(instance, name, 'flat')
+            disk.create_from_image(None, 'img', 64 * MiB)
+            assert fileutils.allocated_bytes(disk.path) >= 64 * MiB
+    probes = [c for c in commands if c[:3] == ('fallocate', '-l', '1')]
+    assert len(probes) == 1
+    assert not os.path.exists(probes[0][3])
+    assert flat.Flat.can_fallocate is True
+    assert len([c for c in commands if c[:2] == ('fallocate', '-n')]) == 2
+
+
 # -- common behaviour, both backends -----------------------------------------
 
 @pytest.fixture(params=['flat', 'qcow2'])
