@@ -242,8 +242,18 @@ class Image(lib_image.Image):
         with _nova_errors():
             return _nova_model(super().get_model(connection))
 
+    def cache(self, fetch_func, filename, size=None, safe=False, *args,
+              **kwargs):
+        # Nova joins the name to the cache directory, so a path to a file
+        # in it names the same entry; any other path the library refuses.
+        if os.path.dirname(filename) == self.image_cache.base_dir:
+            filename = os.path.basename(filename)
+        with _nova_errors():
+            return super().cache(fetch_func, filename, size, safe, *args,
+                                 **kwargs)
 
-for _name in ('cache', 'create_image', 'resize_image', 'verify_base_size',
+
+for _name in ('create_image', 'resize_image', 'verify_base_size',
               'get_disk_size', 'snapshot_extract', 'create_from_image',
               'create_from_func', 'check_backing_from_image',
               'check_backing_from_func', 'clone', 'flatten',
