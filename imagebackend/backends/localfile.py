@@ -7,6 +7,7 @@ import os
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import image
+from imagebackend import models
 from imagebackend import names
 from imagebackend import qemu
 
@@ -31,6 +32,14 @@ class LocalFileImage(image.Image):
         self.preallocate = self.conf.preallocate_images == 'space'
         if self.preallocate:
             self.driver_io = 'native'
+
+    def get_model(self, connection=None) -> models.LocalFileImage:
+        """The disk as a file in its real format (Nova's ``get_model``;
+        no libvirt ``connection`` is needed for a local file). Nova's Flat
+        said raw whatever the file held: a qcow2 file described as raw is
+        how a tool opening it writes into the container instead of the
+        guest's data, so the recorded format is given."""
+        return models.LocalFileImage(self.path, self.driver_format)
 
     def remove_disk(self) -> None:
         fileutils.remove_path(self.path)

@@ -81,6 +81,7 @@ from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
 from imagebackend import image
+from imagebackend import models
 from imagebackend import names
 from imagebackend import processes
 from imagebackend import qemu
@@ -531,6 +532,10 @@ class Lvm(image.SelfContained, image.Image):
                                     free=vg.free)
         processes.execute('lvextend', '-L', f'{target}b',
                           f'{self.vg}/{self.lv}')
+
+    def get_model(self, connection=None) -> models.LocalBlockImage:
+        """The disk as a raw block device (Nova's ``get_model``)."""
+        return models.LocalBlockImage(self.path)
 
     def allocated_bytes(self) -> int | None:
         """What the LV takes in its VG (``lvs``): all of a thick LV; a

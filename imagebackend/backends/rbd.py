@@ -98,6 +98,7 @@ libvirt cannot authenticate without a secret's uuid.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -114,6 +115,7 @@ from imagebackend import fileutils
 from imagebackend import formats
 from imagebackend import image
 from imagebackend import libvirt_config
+from imagebackend import models
 from imagebackend import names
 from imagebackend import processes
 from imagebackend import qemu
@@ -775,6 +777,24 @@ class Rbd(image.SelfContained, image.Image):
         self._disk_scsi(info, disk_unit)
         self._disk_qos(info, extra_specs)
         return info
+
+    def get_model(self, connection) -> models.RBDImage:
+        """The volume as a tool outside the guest reaches it (Nova's
+        ``get_model``): name, pool and user; the Ceph key of libvirt's
+        secret ``[libvirt] rbd_secret_uuid``, read through ``connection``
+        (a libvirt connection) and base64-encoded, or None without one;
+        the monitors as ``host:port``, an IPv6 host in brackets (libguestfs
+        parses the joined string)."""
+        password = None
+        uuid = self.conf.libvirt.rbd_secret_uuid
+        if uuid:
+            secret = connection.secretLookupByUUIDString(uuid)
+            password = base64.b64encode(secret.value())
+        hosts, ports = self.mon_addrs()
+        servers = [f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
+                   for host, port in zip(hosts, ports)]
+        return models.RBDImage(self.rbd_name, self.pool, self.rbd_user,
+                               password, servers)
 
     # -- snapshots ------------------------------------------------------------
 
