@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable
 
 from imagebackend import fileutils
+from imagebackend import filesystems
 from imagebackend import image
 from imagebackend import names
 from imagebackend import processes
@@ -57,6 +58,7 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
             if size and size > final:
                 qemu.resize(self.path, entry.format, size)
                 final = size
+                self._grow_filesystem()
             self._preallocate(size)
             facts.update(format=entry.format, virtual_size=final,
                          provenance={'copy': method,
@@ -106,3 +108,21 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
 
     def _grow(self, size: int) -> None:
         qemu.resize(self.path, self.driver_format, size)
+
+    def resize_image(self, size: int) -> None:
+        """Grow the disk; a raw disk that is one bare ext2/3/4 filesystem
+        gets its filesystem grown too (Nova's ``disk.api.extend``), after
+        the record says the new size: the disk has it whatever becomes of
+        the filesystem."""
+        raw = self.driver_format == 'raw' and os.path.isfile(self.path)
+        before = os.path.getsize(self.path) if raw else None
+        super().resize_image(size)
+        if raw and os.path.getsize(self.path) > before:
+            self._grow_filesystem()
+
+    def _grow_filesystem(self) -> None:
+        """Grow a raw disk's bare ext filesystem to the disk's size (see
+        :mod:`imagebackend.filesystems`; never a partitioned disk, another
+        filesystem, or a qcow2 file), and put what it wrote on disk."""
+        if self.driver_format == 'raw' and filesystems.grow_ext(self.path):
+            self._make_durable()

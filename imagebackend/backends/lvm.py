@@ -38,8 +38,10 @@ LVs are not aged out by the cache manager (it manages ``_base`` files).
 
 Growing is ``lvextend -L <bytes>b <vg>/<lv>`` after a free-space check;
 shrinking is refused (:class:`~imagebackend.exception.CannotShrink`). The
-guest filesystem is not grown (as Qcow2; Nova's Lvm ran ``resize2fs`` only
-on its legacy path).
+guest filesystem is not grown then (Nova's Lvm did not resize at all); a
+volume *made* bigger than its image gets the image's bare ext filesystem
+grown, as Nova's ``create_lvm_image`` ran ``resize2fs``
+(:mod:`imagebackend.filesystems`).
 
 Deleting wipes the LV as ``[libvirt] volume_clear`` says, bounded by
 ``volume_clear_size`` MiB (0: all of it): ``shred -n0 -z -s<bytes> <dev>``
@@ -79,6 +81,7 @@ from oslo_utils import units
 
 from imagebackend import exception
 from imagebackend import fileutils
+from imagebackend import filesystems
 from imagebackend import formats
 from imagebackend import image
 from imagebackend import models
@@ -411,6 +414,7 @@ class Lvm(image.SelfContained, image.Image):
         with self._creating('image', image_id, 'native') as facts:
             final = self._lvcreate(wanted, vg)
             self._write(entry.path, entry.format, self.path)
+            self._grow_filesystem(entry.virtual_size, wanted)
             facts.update(format='raw', virtual_size=final,
                          provenance={'copy': 'qemu-img convert',
                                      'image_sha256': entry.sha256})
@@ -426,6 +430,7 @@ class Lvm(image.SelfContained, image.Image):
                 final = vg.round(wanted)
                 processes.execute('lvextend', '-L', f'{final}b',
                                   f'{self.vg}/{self.lv}')
+            self._grow_filesystem(entry.virtual_size, wanted)
             facts.update(format='raw', virtual_size=final,
                          provenance={'copy': 'thin-snapshot',
                                      'base_lv': base,
@@ -498,6 +503,16 @@ class Lvm(image.SelfContained, image.Image):
             self._lvcreate(wanted, self._group(needed=wanted))
             # Nova's convert_image_unsafe had no -f; the sidecar says it.
             self._write(base, base_format, self.path)
+            self._grow_filesystem(base_size, wanted)
+
+    def _grow_filesystem(self, base_size: int, size: int) -> None:
+        """Nova's create_lvm_image: a volume made bigger than its image gets
+        the image's bare ext2/3/4 filesystem grown to fill it (see
+        :mod:`imagebackend.filesystems`: never a partitioned disk or
+        another filesystem; a failing tool leaves the filesystem as it
+        was, logged). What it wrote is flushed with the volume."""
+        if size > base_size and filesystems.grow_ext(self.path):
+            flush_device(self.path, self.location)
 
     def get_disk_size(self, name: str) -> int:
         if name == self.path:
