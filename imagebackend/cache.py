@@ -419,6 +419,67 @@ class ImageCache:
         finally:
             fileutils.remove_path(part)
 
+    # -- legacy resized bases ------------------------------------------------
+
+    def ensure_resized(self, entry: CacheEntry, name: str, size: int,
+                       expected_sha256: str | None = None
+                       ) -> CacheEntry | None:
+        """The entry ``name``: ``entry``'s data grown to ``size`` bytes,
+        made if it is missing.
+
+        Nova before Juno put a qcow2 disk on a copy of its base grown to
+        the flavor's size, ``_base/<base>_<N GiB>``; such a disk still names
+        it, and on a host without it the copy is made again (Nova's
+        ``legacy_backing_size``). Copied (reflink or sparse) and grown in a
+        ``.part`` file, then published with its sidecar: whole or absent.
+        Its filesystem is not grown: old Nova grew it with ``use_cow``,
+        which left the filesystem alone.
+
+        Data already there is left as it is (None if it has no sidecar: the
+        disks on it have read it all along). A size over ``[imagebackend]
+        max_image_virtual_size_gb`` is refused (ImageTooLarge), as a smaller
+        one than ``entry``'s (ImageUnacceptable). ``expected_sha256``, when a
+        disk's record says what the copy held, refuses a copy that differs
+        (ImageUnacceptable), before anything is published.
+        """
+        names.check_cache_name(name)
+        limit = self.conf.imagebackend.max_image_virtual_size_gb * units.Gi
+        if limit and size > limit:
+            raise exception.ImageTooLarge(
+                image_id=entry.source, virtual_size=size, limit=limit,
+                reason=f'{name} would be {size} bytes')
+        if size < entry.virtual_size:
+            raise exception.ImageUnacceptable(
+                image_id=entry.source, reason=(
+                    f'{name} would be a copy of {entry.name} grown to {size} '
+                    f'bytes, but {entry.name} is {entry.virtual_size} bytes'))
+        target = self.path(name)
+        self.ensure_dirs()
+        with self.lock(name):
+            if os.path.exists(target):
+                return self.get(name)
+            part = target + names.PART_SUFFIX
+            fileutils.remove_path(part)
+            try:
+                fileutils.clone_or_sparse_copy(entry.path, part)
+                qemu.resize(part, entry.format, size)
+                fileutils.fsync_file(part)
+                made = CacheEntry(name=name, path=target, format=entry.format,
+                                  virtual_size=size,
+                                  sha256=fileutils.file_digest(part),
+                                  kind=entry.kind, source=entry.source,
+                                  provenance='generated')
+                if expected_sha256 is not None and \
+                        made.sha256 != expected_sha256:
+                    raise exception.ImageUnacceptable(
+                        image_id=entry.source, reason=(
+                            f'{name} made again from {entry.name} has '
+                            f'digest {made.sha256}, not the {expected_sha256}'
+                            ' the disk on it was made on'))
+                return self._publish(part, made)
+            finally:
+                fileutils.remove_path(part)
+
     # -- shared steps ------------------------------------------------------
 
     def _publish(self, part: str, entry: CacheEntry) -> CacheEntry:

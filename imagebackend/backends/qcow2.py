@@ -11,6 +11,13 @@ A Qcow2 disk depends on its base: on another host (migration) the base must
 be recreated there first, which ``check_backing_*`` do without touching the
 disk. The record keeps the base's sha256; a base restored from an image id
 whose bytes have changed since is refused (and not left in the cache).
+
+A disk old Nova put on a resized copy of its base, ``_base/<base>_<N>``
+(N GiB), gets that copy made again from ``_base/<base>`` where it is
+missing, by the legacy ``cache()`` path (as Nova's ``legacy_backing_size``)
+and by ``check_backing_from_image``: see :meth:`ImageCache.ensure_resized`.
+The disk's base name comes from its record, or for a disk without one from
+its header (``-f qcow2``), only when Nova's disk.info says it is qcow2.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from oslo_utils import units
+
+from imagebackend import backend as backend_mod
 from imagebackend import cache as cache_mod
 from imagebackend import exception
 from imagebackend import fileutils
@@ -79,6 +89,7 @@ class Qcow2(localfile.LocalFileImage):
         name = names.image_cache_name(image_id)
         present = self.image_cache.get(name)
         entry = self.image_cache.fetch_image(context, image_id, fallback)
+        self._restore_legacy_base(entry)
         expected = self._expected_base_sha256(entry.name)
         if expected is None or entry.sha256 == expected:
             return
@@ -128,10 +139,68 @@ class Qcow2(localfile.LocalFileImage):
             base_format = entry.format
             self.image_cache.touch(entry)
         self.verify_base_size(base, size)
+        if self.exists() and self._legacy_base_name(
+                os.path.basename(base)) is not None:
+            self._restore_legacy_base(
+                self._described_base(base, kwargs.get('image_id')))
         if not self.exists():
             with self.image_cache.lock(os.path.basename(base)):
                 qemu.create(self.path, 'qcow2', size, backing=base,
                             backing_fmt=base_format)
+
+    # -- legacy resized bases (Nova's legacy_backing_size) ---------------------
+
+    def _restore_legacy_base(self, entry: cache_mod.CacheEntry) -> None:
+        """Make again the resized copy of ``entry`` this disk is on, if it
+        is on one (``<entry>_<N>``, see :func:`legacy_resized_size`) and
+        this host lacks it; the copy is refused if the disk's record keeps
+        a digest it does not have."""
+        name = self._legacy_base_name(entry.name)
+        if name is None or os.path.exists(self.image_cache.path(name)):
+            return
+        self.image_cache.ensure_resized(
+            entry, name, legacy_resized_size(name, entry.name),
+            expected_sha256=self._expected_base_sha256(name))
+
+    def _described_base(self, base: str, image_id: str | None
+                        ) -> cache_mod.CacheEntry:
+        """The cache entry of ``base``, which Nova's fetch may have written
+        without a sidecar: then described now, from its bytes, as the
+        image ``image_id`` (a template when there is none)."""
+        if image_id is not None and not os.path.exists(
+                base + names.META_SUFFIX):
+            try:
+                return self.image_cache.adopt(os.path.basename(base),
+                                              'image', image_id)
+            except exception.CorruptCacheEntry:
+                pass  # described meanwhile
+        return self._legacy_base_entry(base)
+
+    def _legacy_base_name(self, base_name: str) -> str | None:
+        """The name of the legacy resized copy of ``base_name`` the disk
+        is on, or None if it is on something else."""
+        backing = self._backing_name()
+        if backing is None or legacy_resized_size(backing, base_name) is None:
+            return None
+        return backing
+
+    def _backing_name(self) -> str | None:
+        """The file name of the base this disk is on: as its record says;
+        for a disk without one, from its qcow2 header, read with the format
+        named, and only when Nova's disk.info says the disk is qcow2 (a
+        file nothing describes may be a raw disk whose guest wrote a qcow2
+        header naming a host file)."""
+        record = self.record
+        if record is not None:
+            return record.backing
+        if not self.exists():
+            return None
+        instance_dir = os.path.dirname(os.path.abspath(self.path))
+        if backend_mod._disk_info(instance_dir).get(self.path) != 'qcow2':
+            return None
+        info = qemu.info(self.path, 'qcow2')
+        backing = info.get('backing-filename')
+        return os.path.basename(backing) if backing else None
 
     def _settle(self) -> None:
         # The overlay names its base by absolute path; on a host whose
@@ -162,3 +231,18 @@ class Qcow2(localfile.LocalFileImage):
     def _grow(self, size: int) -> None:
         qemu.resize(self.path, 'qcow2', size)
 
+
+def legacy_resized_size(backing: str, base_name: str) -> int | None:
+    """The size in bytes of ``backing`` if it names a legacy resized copy
+    of cache entry ``base_name`` (``<base_name>_<N>``: N GiB), else None.
+
+    Nova takes any name ending in ``_<digits>`` and appends that suffix to
+    whatever base it was given (so a disk on template ``swap_512`` would
+    get a 512 GiB ``swap_512_512``); here the prefix must be the base the
+    caller restores.
+    """
+    prefix, sep, gib = backing.rpartition('_')
+    if not sep or prefix != base_name or not (gib.isascii() and
+                                             gib.isdigit()):
+        return None
+    return int(gib) * units.Gi
