@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import os
 from typing import Any, Callable
 
 from imagebackend import cache as cache_mod
 from imagebackend import config
+from imagebackend import disk_info
 from imagebackend import exception
 from imagebackend import image as image_mod
 from imagebackend import names
@@ -157,12 +157,12 @@ class Backend:
         """
         instance_dir = os.path.join(self.conf.instances_path, instance.uuid)
         path = os.path.join(instance_dir, name)
-        fmt = _disk_info(instance_dir).get(path)
+        fmt = disk_info.format_of(path)
         if fmt is not None:
             image_type = _DISK_INFO_BACKENDS.get(fmt)
             if image_type is None:
                 raise exception.CorruptRecord(
-                    location=os.path.join(instance_dir, 'disk.info'),
+                    location=disk_info.path_for(path),
                     reason=f'unknown format {fmt!r} for {name}')
             how = 'disk.info'
         elif created_here:
@@ -202,6 +202,10 @@ class Backend:
             state=records_mod.CREATED,
             provenance={'path': 'adopted', 'from': how}, **facts)
         self.records.put(record)
+        # Nova's module, should the disk go back to a host on it, finds it
+        # listed as adopted (never probes it).
+        disk._record = record
+        disk._sync_disk_info()
         return record
 
     def _adopted_backing(self, path: str, backing: str,
@@ -239,14 +243,6 @@ class Backend:
 
 
 def _disk_info(instance_dir: str) -> dict[str, Any]:
-    path = os.path.join(instance_dir, 'disk.info')
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except ValueError as e:
-        raise exception.CorruptRecord(location=path, reason=str(e))
-    if not isinstance(data, dict):
-        raise exception.CorruptRecord(location=path, reason='not an object')
-    return data
+    """The entries of Nova's disk.info in ``instance_dir`` (kept for
+    callers of this name; :mod:`imagebackend.disk_info` owns the file)."""
+    return disk_info.read(os.path.join(instance_dir, disk_info.FILENAME))

@@ -24,6 +24,7 @@ import stat
 import threading
 from typing import Any, Callable, ClassVar, Iterator
 
+from imagebackend import disk_info
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
@@ -74,6 +75,9 @@ class Capabilities:
     clone: bool = False
     # create_from_* are implemented natively, not through the shim.
     native_create: bool = False
+    # Nova lists these disks in the disk.info beside them (path -> format):
+    # the library keeps that file in step with the disk's record.
+    nova_disk_info: bool = False
 
 
 class Image(abc.ABC):
@@ -349,6 +353,9 @@ class Image(abc.ABC):
                                           provenance=prov, **facts)
             self.driver_format = self._record.format
             self.records.put(self._record)
+            # Inside the undo block: a disk Nova's module would find
+            # unlisted (and probe) is not left behind if this fails.
+            self._sync_disk_info()
 
     def _forget_record(self) -> None:
         self._record = None
@@ -386,6 +393,7 @@ class Image(abc.ABC):
         transit form (an LV's contents as a file): backends finish the
         move in ``_settle``. Then the record is saved as this host has it.
         """
+        moved_from = self.moved_from
         self._settle()
         self.moved_from = None
         if self._record is not None:
@@ -395,6 +403,7 @@ class Image(abc.ABC):
             with contextlib.suppress(exception.DiskNotFound):
                 self._make_durable()
             self.records.put(self._record)
+            self._sync_disk_info(moved_from)
 
     def _settle(self) -> None:
         """Finish a move on this host (default: nothing to do)."""
@@ -407,6 +416,7 @@ class Image(abc.ABC):
             with contextlib.suppress(exception.DiskNotFound):
                 self._make_durable()
             self.records.put(self._record)
+            self._sync_disk_info()
 
     @abc.abstractmethod
     def remove_disk(self) -> None:
@@ -418,6 +428,42 @@ class Image(abc.ABC):
         if self.disk_name is not None and self.instance is not None:
             self.records.delete(self.instance_uuid, self.disk_name)
         self._record = None
+        self._sync_disk_info()
+
+    # -- Nova's disk.info, derived from the record ----------------------------
+
+    def _sync_disk_info(self, moved_from: str | None = None) -> None:
+        """Make Nova's disk.info say what the record says of this disk
+        (backends with ``nova_disk_info`` only): its path and format once
+        the record says ``created``; no entry once the record is gone.
+        ``moved_from``: where the disk was before a move, whose entry goes.
+
+        Always run after the record is written: the record is the truth. A
+        crash between the two leaves disk.info behind (an entry missing,
+        or a deleted disk's left over); the record still wins, and the
+        disk's next record write puts the entry right (a new disk at a left-over path overwrites it).
+        """
+        if not self.capabilities.nova_disk_info or not self.path:
+            return
+        record = self._record
+        if record is None:
+            if self.instance is not None and self.disk_name is not None:
+                try:
+                    disk_info.remove(self.path, self.lock_path)
+                except exception.CorruptRecord as e:
+                    # The disk is gone already; a garbled file is left
+                    # for the operator, as it is (it lists no new disk).
+                    LOG.warning('%s', e)
+            return
+        if not record.created:
+            return
+        listed = disk_info.format_of(self.path)
+        if listed is not None and listed != record.format:
+            LOG.warning('disk.info says %s is %s, its record says %s: the '
+                        'record wins, disk.info is corrected', self.path,
+                        listed, record.format)
+        disk_info.set_format(self.path, record.format, self.lock_path,
+                             replaces=[moved_from] if moved_from else [])
 
     def allocated_bytes(self) -> int | None:
         """Bytes the disk takes on its storage (files: what ``du`` says;

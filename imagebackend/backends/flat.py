@@ -34,7 +34,8 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
 
     image_type = 'flat'
     capabilities = image.Capabilities(file_in_instance_path=True,
-                                      native_create=True)
+                                      native_create=True,
+                                      nova_disk_info=True)
 
     def __init__(self, instance=None, disk_name=None, path=None,
                  disk_info_mapping=None, *, backend, record=None):

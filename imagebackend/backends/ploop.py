@@ -403,9 +403,12 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
     # Nova's Ploop inherited is_file_in_instance_path() False, but the disk
     # IS in the instance directory: flows remove the directory with the
     # disk and cold migration copies it, so say so. Nothing lives in the
-    # cache that a disk depends on.
+    # cache that a disk depends on. Nova's Ploop never reads disk.info
+    # (its disks are ploop), but Nova's driver lists them there on
+    # pre-live-migration, and a host adopting the disk reads it: listed.
     capabilities = image.Capabilities(file_in_instance_path=True,
-                                      native_create=True)
+                                      native_create=True,
+                                      nova_disk_info=True)
 
     def __init__(self, instance=None, disk_name=None, path=None,
                  disk_info_mapping=None, *, backend, record=None):

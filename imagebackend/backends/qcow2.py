@@ -45,7 +45,8 @@ class Qcow2(localfile.LocalFileImage):
     fixed_format = 'qcow2'
     capabilities = image.Capabilities(file_in_instance_path=True,
                                       backing_in_cache=True,
-                                      native_create=True)
+                                      native_create=True,
+                                      nova_disk_info=True)
 
     def __init__(self, instance=None, disk_name=None, path=None,
                  disk_info_mapping=None, *, backend, record=None):

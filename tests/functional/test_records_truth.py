@@ -222,8 +222,10 @@ def test_recordless_disk_with_guest_qcow2_header_is_adopted_raw(hosts,
     assert flows.spawn(a, None, instance, mapping, {}) == ['disk']
     path = a.records.get(instance.uuid, 'disk').location
     header = guest_writes_qcow2_header(path, str(secret), tmp_path)
-    # disks.json is lost; the host's config now says qcow2 (the default).
+    # disks.json is lost, and disk.info with it (the library keeps it in
+    # step: it lists the disk as raw); the host's config now says qcow2.
     os.unlink(os.path.join(hosts.paths['a'], instance.uuid, 'disks.json'))
+    os.unlink(os.path.join(hosts.paths['a'], instance.uuid, 'disk.info'))
     hosts.confs['a'].clear_override('images_type', group='libvirt')
     a = hosts.backend('a')
 
