@@ -441,7 +441,8 @@ class Image(abc.ABC):
         Always run after the record is written: the record is the truth. A
         crash between the two leaves disk.info behind (an entry missing,
         or a deleted disk's left over); the record still wins, and the
-        disk's next record write puts the entry right (a new disk at a left-over path overwrites it).
+        disk's next record write or ``resolve_driver_format()`` puts the
+        entry right (a new disk at a left-over path overwrites it).
         """
         if not self.capabilities.nova_disk_info or not self.path:
             return
@@ -464,6 +465,34 @@ class Image(abc.ABC):
                         listed, record.format)
         disk_info.set_format(self.path, record.format, self.lock_path,
                              replaces=[moved_from] if moved_from else [])
+
+    def resolve_driver_format(self) -> str:
+        """The disk's format, as Nova's ``resolve_driver_format``: the
+        record's, else what Nova's disk.info lists, else the backend's
+        (``driver_format``). Never from the file's bytes (no qemu-img
+        probe, unlike Nova's Flat).
+
+        Like Nova, it writes disk.info when it learns the format: the
+        record's, where disk.info lacks or contradicts it (the record
+        wins); the backend's for an existing disk nothing describes, but
+        only where that asserts no backing file (not Qcow2: a file with no
+        record and no entry may hold a guest's qcow2 header). Nothing is
+        written for a disk that does not exist: no instance directory is
+        made by asking.
+        """
+        record = self.record
+        if record is not None and record.created:
+            self._sync_disk_info(self.moved_from)
+            return record.format
+        if not self.capabilities.nova_disk_info or not self.path:
+            return self.driver_format
+        listed = disk_info.format_of(self.path)
+        if listed is not None:
+            return listed
+        if self.exists() and not self.capabilities.backing_in_cache:
+            disk_info.set_format(self.path, self.driver_format,
+                                 self.lock_path)
+        return self.driver_format
 
     def allocated_bytes(self) -> int | None:
         """Bytes the disk takes on its storage (files: what ``du`` says;

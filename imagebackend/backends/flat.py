@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from imagebackend import disk_info
 from imagebackend import fileutils
 from imagebackend import filesystems
 from imagebackend import image
@@ -43,6 +44,18 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
                          backend=backend, record=record)
         if self.record is not None:
             self.driver_format = self.record.format
+        elif self.path and self.exists():
+            # A disk Nova's module made: the format Nova's disk.info gives
+            # it (a qcow2 image kept with force_raw_images off), not raw.
+            # Read only, as opening a disk changes nothing.
+            self.driver_format = (disk_info.format_of(self.path) or
+                                  self.driver_format)
+
+    def correct_format(self) -> None:
+        """Nova's: take the disk's format from resolve_driver_format()
+        (record, else disk.info, else raw; never probed) if it exists."""
+        if self.exists():
+            self.driver_format = self.resolve_driver_format()
 
     # -- native ----------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Nova's disk.info kept in step with the records (issue 10, point 2):
-real qemu-img files, real instance directories, two hosts on one machine.
+"""Nova's disk.info kept in step with the records (issue 10, point 2), and
+``resolve_driver_format()`` / ``Flat.correct_format()``: real qemu-img
+files, real instance directories, two hosts on one machine.
 
 disks.json is the truth; disk.info is derived from it, written after it,
 in Nova's form, for the backends Nova lists there (Flat, Qcow2, Ploop).
@@ -65,6 +66,7 @@ def test_native_create_lists_the_recorded_format(
     # Opened again, it is what both files say.
     again = b.from_metadata(instance, 'disk', MAPPING)
     assert again.driver_format == expected
+    assert again.resolve_driver_format() == expected
     assert again.libvirt_info(None, {}).driver_format == expected
 
     # Grown: the record changes, the format does not; disk.info stays.
@@ -148,6 +150,76 @@ def test_record_wins_over_disk_info_and_a_later_write_fixes_it(
     with caplog.at_level(logging.WARNING, logger='imagebackend.image'):
         disk.resize_image(2 * GiB)
     assert 'the record wins' in caplog.text
+    assert listed(host, instance) == {path: 'qcow2'}
+
+
+def test_missing_entry_is_restored_by_resolve_driver_format(
+        backend, host, instance, make_image):
+    host.set_override('force_raw_images', False)
+    make_image('img', 'qcow2')
+    b = imagebackend.Backend(conf=host)
+    b.by_name(instance, 'disk', 'flat').create_from_image(None, 'img', GiB)
+    path = disk_path(host, instance)
+    os.unlink(disk_info.path_for(path))  # the crash came before it
+    disk = b.by_name(instance, 'disk', 'flat')
+    with processes.recording() as commands:
+        disk.correct_format()
+    assert commands == []  # never probed
+    assert disk.driver_format == 'qcow2'
+    assert listed(host, instance) == {path: 'qcow2'}
+
+
+# -- resolve_driver_format / correct_format without a record -----------------
+
+def test_resolve_without_record(backend, host, instance):
+    path = disk_path(host, instance)
+    os.makedirs(os.path.dirname(path))
+    flat = backend.by_name(instance, 'disk', 'flat')
+    # No disk: the backend's format, and nothing written (no instance
+    # directory made by asking, unlike Nova's Qcow2).
+    assert flat.resolve_driver_format() == 'raw'
+    qcow2 = backend.by_name(instance, 'disk', 'qcow2')
+    assert qcow2.resolve_driver_format() == 'qcow2'
+    assert os.listdir(os.path.dirname(path)) == []
+
+    processes.execute('qemu-img', 'create', '-q', '-f', 'qcow2', path,
+                      str(GiB))
+    # An existing file nothing describes: Qcow2 asserts no qcow2 for it
+    # (its header may be a guest's), Flat lists it raw, never probing.
+    with processes.recording() as commands:
+        assert backend.by_name(instance, 'disk',
+                               'qcow2').resolve_driver_format() == 'qcow2'
+        assert listed(host, instance) == {}
+        flat = backend.by_name(instance, 'disk', 'flat')
+        assert flat.driver_format == 'raw'
+        flat.correct_format()
+    assert commands == []
+    assert flat.driver_format == 'raw'
+    assert listed(host, instance) == {path: 'raw'}
+
+
+def test_flat_opened_by_name_takes_novas_format(backend, host, instance):
+    # A qcow2 image Nova's Flat kept (force_raw_images off), listed by
+    # Nova; no record. Opened by name (as Nova's driver does), it is
+    # described as qcow2, not raw.
+    path = disk_path(host, instance)
+    os.makedirs(os.path.dirname(path))
+    processes.execute('qemu-img', 'create', '-q', '-f', 'qcow2', path,
+                      str(GiB))
+    with open(disk_info.path_for(path), 'w') as f:
+        f.write(json.dumps({path: 'qcow2'}) + '\n')
+    disk = backend.by_name(instance, 'disk', 'flat', disk_info_mapping=MAPPING)
+    assert disk.driver_format == 'qcow2'
+    assert disk.resolve_driver_format() == 'qcow2'
+    assert disk.libvirt_info(None, {}).driver_format == 'qcow2'
+    # And adopted from it on first touch, opened as qcow2.
+    adopted = backend.from_metadata(instance, 'disk', MAPPING)
+    assert adopted.driver_format == 'qcow2'
+    assert adopted.record.format == 'qcow2'
+    assert adopted.record.backing is None
+    assert adopted.libvirt_info(None, {}).driver_format == 'qcow2'
+    adopted.resize_image(2 * GiB)
+    assert qemu_info(path, 'qcow2')['virtual-size'] == 2 * GiB
     assert listed(host, instance) == {path: 'qcow2'}
 
 
