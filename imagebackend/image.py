@@ -432,6 +432,14 @@ class Image(abc.ABC):
 
     # -- Nova's disk.info, derived from the record ----------------------------
 
+    @property
+    def disk_info_path(self) -> str | None:
+        """Nova's attribute: the disk.info that lists this disk (beside
+        it), or None on backends Nova does not list there."""
+        if not self.capabilities.nova_disk_info or not self.path:
+            return None
+        return disk_info.path_for(self.path)
+
     def _sync_disk_info(self, moved_from: str | None = None) -> None:
         """Make Nova's disk.info say what the record says of this disk
         (backends with ``nova_disk_info`` only): its path and format once

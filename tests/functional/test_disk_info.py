@@ -130,6 +130,14 @@ def test_block_backends_are_never_listed():
     assert not rbd.Rbd.capabilities.nova_disk_info
 
 
+def test_disk_info_path(backend, instance):
+    flat = backend.by_name(instance, 'disk', 'flat')
+    assert flat.disk_info_path == os.path.join(
+        os.path.dirname(flat.path), 'disk.info')
+    assert backend.by_name(instance, 'disk', 'qcow2').disk_info_path == \
+        flat.disk_info_path
+
+
 # -- a crash between the two writes; a disk.info that disagrees --------------
 
 def test_record_wins_over_disk_info_and_a_later_write_fixes_it(
@@ -209,17 +217,23 @@ def test_flat_opened_by_name_takes_novas_format(backend, host, instance):
     with open(disk_info.path_for(path), 'w') as f:
         f.write(json.dumps({path: 'qcow2'}) + '\n')
     disk = backend.by_name(instance, 'disk', 'flat', disk_info_mapping=MAPPING)
+    assert disk.disk_info_path == disk_info.path_for(path)
     assert disk.driver_format == 'qcow2'
     assert disk.resolve_driver_format() == 'qcow2'
     assert disk.libvirt_info(None, {}).driver_format == 'qcow2'
+    # Grown as Nova's driver grows it (cache() -> resize_image): as qcow2,
+    # not as a raw file (which would only lengthen the container).
+    disk.resize_image(2 * GiB)
+    assert qemu_info(path, 'qcow2')['virtual-size'] == 2 * GiB
     # And adopted from it on first touch, opened as qcow2.
     adopted = backend.from_metadata(instance, 'disk', MAPPING)
     assert adopted.driver_format == 'qcow2'
     assert adopted.record.format == 'qcow2'
     assert adopted.record.backing is None
     assert adopted.libvirt_info(None, {}).driver_format == 'qcow2'
-    adopted.resize_image(2 * GiB)
-    assert qemu_info(path, 'qcow2')['virtual-size'] == 2 * GiB
+    assert adopted.record.virtual_size == 2 * GiB
+    adopted.resize_image(3 * GiB)
+    assert qemu_info(path, 'qcow2')['virtual-size'] == 3 * GiB
     assert listed(host, instance) == {path: 'qcow2'}
 
 
