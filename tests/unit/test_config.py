@@ -39,6 +39,9 @@ EXPECTED = {
     'libvirt': {'images_type', 'images_volume_group',
                 'sparse_logical_volumes', 'volume_clear', 'volume_clear_size',
                 'images_rbd_pool', 'images_rbd_ceph_conf', 'rbd_user',
+                'images_rbd_glance_store_name',
+                'images_rbd_glance_copy_poll_interval',
+                'images_rbd_glance_copy_timeout',
                 'rbd_secret_uuid', 'rbd_connect_timeout', 'hw_disk_discard',
                 'virt_type', 'snapshot_compression'},
     'workarounds': {'disable_deep_image_inspection'},
@@ -114,6 +117,9 @@ def test_defaults(conf):
     assert conf.libvirt.rbd_user is None
     assert conf.libvirt.rbd_secret_uuid is None
     assert conf.libvirt.rbd_connect_timeout == 5
+    assert conf.libvirt.images_rbd_glance_store_name == ''
+    assert conf.libvirt.images_rbd_glance_copy_poll_interval == 15
+    assert conf.libvirt.images_rbd_glance_copy_timeout == 600
     assert conf.libvirt.hw_disk_discard is None
     assert conf.libvirt.virt_type == 'kvm'
     assert conf.libvirt.snapshot_compression is False
