@@ -57,6 +57,25 @@ class ImageSource(Protocol):
         ...
 
 
+@runtime_checkable
+class StoreCopier(Protocol):
+    """Optional, for a source in front of Glance multistore: copy an image
+    into another store (Nova: ``IMAGE_API.copy_image_to_store``).
+
+    Rbd asks for it when an image is in no store of its cluster and
+    ``[libvirt] images_rbd_glance_store_name`` is set, then re-reads
+    ``get_meta`` until the copy shows: ``properties['stores']`` lists
+    ``store`` (and ``os_glance_importing_to_stores`` no longer does), or a
+    cloneable ``rbd://`` location of the cluster is listed;
+    ``os_glance_failed_import`` listing it is a failure."""
+
+    def copy_to_store(self, context: Any, image_id: str, store: str) -> None:
+        """Start the copy (return at once). A copy already under way is
+        not an error (return normally); raise ImageUnacceptable if the
+        image can never be copied."""
+        ...
+
+
 class DirectoryImageSource:
     """Images as files ``<image id>.<disk_format>`` in one directory."""
 
