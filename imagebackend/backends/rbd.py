@@ -74,6 +74,17 @@ from ``rbd_user``/``rbd_secret_uuid``); and Nova's hooks ``create_snap``,
 migration flows keep), ``clone``, ``flatten``, ``direct_snapshot``,
 ``cleanup_direct_snapshot`` and ``import_file``.
 
+Nova's ``clone(context, image_id, copy_to_store=True, image_meta=None)``
+(its driver's ``clone_fallback_to_fetch``) clones from the locations in the
+caller's image metadata (Nova's ``IMAGE_API.get(..., include_locations=
+True)`` dict; without it the image source's) with the rules of 2. above;
+when it cannot, it raises ``CloneNotPossible``, an ImageUnacceptable: the
+caller downloads the image instead. With ``[libvirt]
+images_rbd_glance_store_name`` set it first asks the image source (a
+:class:`~imagebackend.sources.StoreCopier`) to copy the image into this
+cluster's Glance store, waits for it (``copy_to_store``) and tries once
+more. Metadata shapes and the wait are in :mod:`.rbd_locations`.
+
 ``snapshot_extract`` runs ``qemu-img convert -f raw -O <fmt> rbd:<pool>/
 <name>[:id=..][:conf=..] <target>`` when qemu-img has the rbd block driver.
 Debian ships that driver in a separate package (``qemu-block-extra``); when
@@ -107,8 +118,9 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.parse
 import uuid as uuid_mod
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 from imagebackend import exception
 from imagebackend import fileutils
@@ -120,6 +132,10 @@ from imagebackend import names
 from imagebackend import processes
 from imagebackend import qemu
 from imagebackend import revert
+from imagebackend import sources
+from imagebackend.backends import rbd_locations
+from imagebackend.backends.rbd_locations import (  # noqa: F401 (API)
+    CloneNotPossible, StoreCopyFailed, StoreCopyTimeout)
 
 try:  # Debian's python3-rados / python3-rbd (real-backends.md section 4)
     import rados
@@ -172,7 +188,8 @@ def parse_location(url: str) -> tuple[str, str, str, str]:
     prefix = 'rbd://'
     if not isinstance(url, str) or not url.startswith(prefix):
         raise exception.InvalidInput(reason=f'{url!r} is not an rbd:// URL')
-    pieces = [p for p in url[len(prefix):].split('/')]
+    # Glance quotes each piece (glance_store's rbd driver); Nova unquotes.
+    pieces = [urllib.parse.unquote(p) for p in url[len(prefix):].split('/')]
     if len(pieces) != 4 or not all(pieces):
         raise exception.InvalidInput(
             reason=f'{url!r} is not rbd://<fsid>/<pool>/<image>/<snap>')
@@ -479,8 +496,8 @@ class Rbd(image.SelfContained, image.Image):
 
     def _location_parent(self, conn: _Connection, context: Any,
                          image_id: str) -> tuple[Parent | None, str]:
-        """A readable rbd:// location of the image in this cluster, or
-        (None, why none can be used)."""
+        """A readable rbd:// location of the image in this cluster, as the
+        image source lists it, or (None, why none can be used)."""
         source = self.image_cache.source
         if source is None:
             return None, 'there is no image source to ask for locations'
@@ -488,12 +505,22 @@ class Rbd(image.SelfContained, image.Image):
             meta = source.get_meta(context, image_id)
         except exception.ImageNotFound:
             return None, 'the image source does not know the image'
-        urls = [u for u in meta.locations
-                if isinstance(u, str) and u.startswith('rbd://')]
+        return self._cloneable_parent(
+            conn, rbd_locations.image_view(meta, image_id), 'image source')
+
+    def _cloneable_parent(self, conn: _Connection,
+                          view: rbd_locations.ImageView,
+                          lister: str) -> tuple[Parent | None, str]:
+        """The first location of ``view`` this cluster can clone, or (None,
+        why none can be used). Nova's rules (``RBDDriver.is_cloneable``):
+        an ``rbd://fsid/pool/image/snap`` URL, fsid this cluster's, the
+        image declared raw (or iso: raw bytes too; Nova refuses it and
+        downloads it), and the image at that snapshot readable."""
+        urls = view.rbd_urls
         if not urls:
-            return None, 'the image source lists no rbd:// location'
-        if meta.disk_format not in formats.RAW_LIKE:
-            return None, (f'the image is {meta.disk_format}, not raw: its '
+            return None, f'the {lister} lists no rbd:// location'
+        if view.disk_format not in formats.RAW_LIKE:
+            return None, (f'the image is {view.disk_format}, not raw: its '
                           'rbd:// location cannot be cloned as a disk')
         reasons = []
         for url in urls:
@@ -503,7 +530,7 @@ class Rbd(image.SelfContained, image.Image):
                     librbd.Error) as e:
                 reasons.append(f'{url}: {e}')
                 continue
-            parent.why = f'the image source has it in this cluster at {url}'
+            parent.why = f'the {lister} has it in this cluster at {url}'
             return parent, ''
         return None, '; '.join(reasons)
 
@@ -889,33 +916,141 @@ class Rbd(image.SelfContained, image.Image):
         self._update_record(virtual_size=size)
 
     def clone(self, context: Any, image_id_or_uri: str,
-              copy_to_store: bool = False):
-        """Create this disk as a clone of the image where it already is in
-        this cluster (an ``rbd://`` URL, or the image source's locations);
-        ImageUnacceptable if it is nowhere cloneable. Nova's hook: no record
-        is written here (it runs inside ``cache()``, which writes it)."""
-        with self._connect() as conn:
-            if isinstance(image_id_or_uri, str) and \
-                    image_id_or_uri.startswith('rbd://'):
+              copy_to_store: bool = True,
+              image_meta: Mapping[str, Any] | sources.ImageMeta | None = None
+              ) -> None:
+        """Create this disk as a copy-on-write clone of the image where it
+        already is in this cluster. Nova's hook (its driver's
+        ``clone_fallback_to_fetch``): no record is written here (it runs
+        inside ``cache()``, which writes it).
+
+        ``image_meta`` is the caller's metadata of the image (Nova's
+        ``IMAGE_API.get(context, id, include_locations=True)`` dict, or an
+        ImageMeta); without it the image source's ``get_meta`` is asked
+        (``image_id_or_uri`` may also be an ``rbd://`` URL itself). Nova's
+        rules: the image must be raw (or iso), and the first location that
+        is in this cluster (fsid) and readable at its snapshot is cloned.
+        If none is and ``copy_to_store`` and ``[libvirt]
+        images_rbd_glance_store_name`` is set, the image source is asked to
+        copy the image into that store (:meth:`copy_to_store`) and the
+        clone tried once more with its metadata read again.
+
+        Raises :class:`CloneNotPossible` (an ImageUnacceptable: the caller
+        downloads the image instead) when the image cannot be cloned;
+        nothing is created then. DiskExists if the disk exists.
+        """
+        if image_meta is None and isinstance(image_id_or_uri, str) and \
+                image_id_or_uri.startswith('rbd://'):
+            with self._connect() as conn:
                 try:
                     parent = self._parent_at(conn, image_id_or_uri)
-                except (rados.Error, librbd.Error) as e:
-                    raise exception.ImageUnacceptable(
-                        image_id=image_id_or_uri, reason=str(e))
+                except (exception.ImageBackendError, rados.Error,
+                        librbd.Error) as e:
+                    raise CloneNotPossible(image_id=image_id_or_uri,
+                                           reason=str(e))
                 parent.why = 'clone() of an rbd:// URL'
-            else:
-                parent, why_not = self._location_parent(
-                    conn, context, image_id_or_uri)
-                if parent is None:
-                    raise exception.ImageUnacceptable(
-                        image_id=image_id_or_uri, reason=why_not)
-            ioctx = conn.ioctx(self.pool)
-            if self._image_exists(ioctx, self.rbd_name):
-                raise exception.DiskExists(location=self.location)
+                self._clone_as_is(conn, parent)
+            return
+        if image_meta is None:
+            view, lister = self._source_view(context, image_id_or_uri), \
+                'image source'
+        else:
+            view = rbd_locations.image_view(image_meta, image_id_or_uri)
+            lister = "caller's image metadata"
+        if view.disk_format not in formats.RAW_LIKE:
+            raise CloneNotPossible(
+                image_id=view.id, reason=f'the image is '
+                f'{view.disk_format}, not raw: it cannot be cloned as a disk')
+        with self._connect() as conn:
+            parent, why_not = self._cloneable_parent(conn, view, lister)
+            if parent is not None:
+                self._clone_as_is(conn, parent)
+                return
+        store = self.conf.libvirt.images_rbd_glance_store_name
+        if store and copy_to_store:
+            self.copy_to_store(context, image_meta if image_meta is not None
+                               else {'id': view.id})
+            # Once: the copy is done, its location is read afresh.
+            return self.clone(context, view.id, copy_to_store=False)
+        raise CloneNotPossible(image_id=view.id,
+                               reason=why_not or 'no location is usable')
+
+    def _source_view(self, context: Any,
+                     image_id: str) -> rbd_locations.ImageView:
+        """The image source's metadata of ``image_id``."""
+        source = self.image_cache.source
+        if source is None:
+            raise CloneNotPossible(
+                image_id=image_id,
+                reason='there is no image source to ask for locations')
+        try:
+            meta = source.get_meta(context, image_id)
+        except exception.ImageNotFound:
+            raise CloneNotPossible(
+                image_id=image_id,
+                reason='the image source does not know the image')
+        return rbd_locations.image_view(meta, image_id)
+
+    def _clone_as_is(self, conn: _Connection, parent: Parent) -> None:
+        """Clone ``parent`` as this disk (no resize: Nova's create_image
+        grows it); a partial clone is removed."""
+        ioctx = conn.ioctx(self.pool)
+        if self._image_exists(ioctx, self.rbd_name):
+            raise exception.DiskExists(location=self.location)
+        try:
             librbd.RBD().clone(conn.ioctx(parent.pool), parent.image,
                                parent.snap, ioctx, self.rbd_name)
+        except librbd.ImageExists:
+            # Made meanwhile by someone else: theirs, not to be removed.
+            raise exception.DiskExists(location=self.location)
+        except (rados.Error, librbd.Error) as e:
+            # The name did not exist: whatever is there now is ours.
+            with contextlib.suppress(Exception):
+                self._remove_image(conn, self.pool, self.rbd_name)
+            raise RbdError(operation='clone', target=parent.spec,
+                           reason=str(e))
         self._legacy_how = {'how': parent.how, 'why': parent.why,
                             'parent': parent.spec}
+
+    def copy_to_store(self, context: Any,
+                      image_meta: Mapping[str, Any] | sources.ImageMeta
+                      ) -> None:
+        """Have the image source copy the image (``image_meta['id']``) into
+        the Glance store of this cluster, ``[libvirt]
+        images_rbd_glance_store_name``, and wait until it is there (Nova's
+        ``Rbd.copy_to_store``).
+
+        The source must implement :class:`~imagebackend.sources.
+        StoreCopier`; its ``get_meta`` is read at once and then every
+        ``images_rbd_glance_copy_poll_interval`` s, for at most
+        ``images_rbd_glance_copy_timeout`` s (0: no limit). Raises
+        :class:`StoreCopyFailed` if the source cannot copy or reports the
+        copy failed, :class:`StoreCopyTimeout` on timeout (both are
+        CloneNotPossible). Other errors of the source propagate, as Nova
+        lets them."""
+        libvirt = self.conf.libvirt
+        store = libvirt.images_rbd_glance_store_name
+        image_id = rbd_locations.image_view(image_meta).id
+        source = self.image_cache.source
+        if not isinstance(source, sources.StoreCopier):
+            raise StoreCopyFailed(image_id=image_id, store=store,
+                                  reason='the image source cannot copy '
+                                  'images between stores')
+        try:
+            source.copy_to_store(context, image_id, store)
+        except exception.ImageUnacceptable as e:
+            raise StoreCopyFailed(image_id=image_id, store=store,
+                                  reason=str(e))
+        LOG.info('Asked the image source to copy image %s to the rbd store '
+                 '%s', image_id, store)
+        with self._connect() as conn:
+            rbd_locations.wait_for_store_copy(
+                lambda: self._source_view(context, image_id), store,
+                lambda view: self._cloneable_parent(
+                    conn, view, 'image source')[0] is not None,
+                interval=libvirt.images_rbd_glance_copy_poll_interval,
+                timeout=libvirt.images_rbd_glance_copy_timeout)
+        LOG.info('Image %s copied to the rbd store %s', image_id, store)
 
     def flatten(self) -> None:
         """Copy the parent's data into the disk so it stands alone."""

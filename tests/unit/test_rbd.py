@@ -119,6 +119,8 @@ def test_the_record_says_where_the_disk_is(rbd_host, instance):
 
 @pytest.mark.parametrize('url', [
     'rbd://fsid/pool/image/snap',
+    # Glance quotes each piece; Nova's parse_url unquotes them.
+    'rbd://fs%69d/pool/im%61ge/snap',
 ])
 def test_parse_location(url):
     assert rbd_mod.parse_location(url) == ('fsid', 'pool', 'image', 'snap')

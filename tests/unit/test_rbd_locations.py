@@ -9,6 +9,7 @@ import pytest
 
 from imagebackend import exception
 from imagebackend import sources
+from imagebackend.backends import rbd as rbd_mod
 from imagebackend.backends import rbd_locations as loc
 
 URL = 'rbd://fsid/images/img/snap'
@@ -19,6 +20,7 @@ def test_errors_are_nova_fallback_signals():
                 loc.StoreCopyTimeout):
         assert issubclass(cls, exception.ImageUnacceptable)
         assert issubclass(cls, loc.CloneNotPossible)
+    assert rbd_mod.CloneNotPossible is loc.CloneNotPossible
     assert 'timed out' in str(loc.StoreCopyTimeout(image_id='i', store='s',
                                                    timeout=3))
     assert 'unsuccessful because: x' in str(
