@@ -250,3 +250,33 @@ def test_record_naming_another_image_is_refused(rbd_host, instance):
     backend = _recorded(rbd_host, instance, f'rbd/{other}_disk')
     with pytest.raises(exception.CorruptRecord):
         backend.by_name(instance, 'disk')
+
+
+# -- Rbd.driver: Nova's RBDDriver names ---------------------------------------
+
+def test_driver_names_without_a_cluster(host, instance, fake_mons,
+                                        monkeypatch):
+    host.set_override('rbd_user', 'nova', group='libvirt')
+    host.set_override('images_rbd_ceph_conf', '/etc/ceph/x.conf',
+                      group='libvirt')
+    disk = imagebackend.Backend(conf=host).by_name(instance, 'disk', 'rbd')
+    d = disk.driver
+    assert (d.pool, d.rbd_user, d.ceph_conf, d.rbd_connect_timeout) == (
+        'rbd', 'nova', '/etc/ceph/x.conf', 5)
+    assert d.ceph_args() == ['--id', 'nova', '--conf', '/etc/ceph/x.conf']
+    assert d.get_mon_addrs() == fake_mons
+    # libguestfs wants IPv6 hosts in brackets (Nova's get_model).
+    assert d.get_mon_addrs(strip_brackets=False) == (
+        ['10.0.0.1', '10.0.0.2', '[fd00::3]'], fake_mons[1])
+    assert d.parse_url('rbd://f/p/i%2Fx/s') == ['f', 'p', 'i/x', 's']
+    for bad in ('http://x', 'rbd://f/p/i', 'rbd://f//i/s'):
+        with pytest.raises(exception.ImageUnacceptable):
+            d.parse_url(bad)
+    assert d.is_cloneable({'url': 'http://x'}, {'disk_format': 'raw'}) \
+        is False
+    # Nova's tests patch image.driver.size: the disk's size goes through it.
+    calls = []
+    monkeypatch.setattr(d, 'size', lambda name: calls.append(name) or 42)
+    monkeypatch.setattr(d, 'exists', lambda name: calls.append(name) or 1)
+    assert disk.get_disk_size('/any/path') == 42 and disk.exists() == 1
+    assert calls == [disk.rbd_name, disk.rbd_name]
