@@ -939,6 +939,9 @@ class Rbd(image.SelfContained, image.Image):
         (``image_id_or_uri`` may also be an ``rbd://`` URL itself). Nova's
         rules: the image must be raw (or iso), and the first location that
         is in this cluster (fsid) and readable at its snapshot is cloned.
+        Each location is judged and cloned through ``self.driver``
+        (``is_cloneable(location, image_meta)``, ``clone(location, name)``:
+        Nova's calls), with the caller's location and metadata as given.
         If none is and ``copy_to_store`` and ``[libvirt]
         images_rbd_glance_store_name`` is set, the image source is asked to
         copy the image into that store (:meth:`copy_to_store`) and the
@@ -952,40 +955,72 @@ class Rbd(image.SelfContained, image.Image):
                 image_id_or_uri.startswith('rbd://'):
             with self._connect() as conn:
                 try:
-                    parent = self._parent_at(conn, image_id_or_uri)
+                    self._parent_at(conn, image_id_or_uri)
                 except (exception.ImageBackendError, rados.Error,
                         librbd.Error) as e:
                     raise CloneNotPossible(image_id=image_id_or_uri,
                                            reason=str(e))
-                parent.why = 'clone() of an rbd:// URL'
-                self._clone_as_is(conn, parent)
+            self._clone_location(image_id_or_uri, 'clone() of an rbd:// URL')
             return
         if image_meta is None:
-            view, lister = self._source_view(context, image_id_or_uri), \
-                'image source'
+            image_meta = self._source_meta(context, image_id_or_uri)
+            lister = 'image source'
         else:
-            view = rbd_locations.image_view(image_meta, image_id_or_uri)
             lister = "caller's image metadata"
+        view = rbd_locations.image_view(image_meta, image_id_or_uri)
         if view.disk_format not in formats.RAW_LIKE:
             raise CloneNotPossible(
                 image_id=view.id, reason=f'the image is '
                 f'{view.disk_format}, not raw: it cannot be cloned as a disk')
-        with self._connect() as conn:
-            parent, why_not = self._cloneable_parent(conn, view, lister)
-            if parent is not None:
-                self._clone_as_is(conn, parent)
+        # Each location as the caller gave it, through self.driver (Nova's
+        # is_cloneable and clone), so a driver put in its place is used.
+        reasons = []
+        for location in rbd_locations.raw_locations(image_meta):
+            why_not = self._why_not_cloneable(location, image_meta)
+            if not why_not:
+                url = rbd_locations.location_url(location)
+                self._clone_location(
+                    location, f'the {lister} has it in this cluster at {url}')
                 return
+            if (rbd_locations.location_url(location) or '').startswith(
+                    'rbd://'):
+                reasons.append(why_not)
         store = self.conf.libvirt.images_rbd_glance_store_name
         if store and copy_to_store:
-            self.copy_to_store(context, image_meta if image_meta is not None
-                               else {'id': view.id})
+            self.copy_to_store(context, image_meta)
             # Once: the copy is done, its location is read afresh.
             return self.clone(context, view.id, copy_to_store=False)
-        raise CloneNotPossible(image_id=view.id,
-                               reason=why_not or 'no location is usable')
+        raise CloneNotPossible(
+            image_id=view.id, reason='; '.join(reasons) or
+            f'the {lister} lists no rbd:// location')
 
-    def _source_view(self, context: Any,
-                     image_id: str) -> rbd_locations.ImageView:
+    def _why_not_cloneable(self, location: Any, image_meta: Any) -> str:
+        """'' if ``location`` can be cloned here, else why not."""
+        if isinstance(self.driver, rbd_driver.RbdDriver):
+            return self.driver.why_not_cloneable(location, image_meta)
+        if self.driver.is_cloneable(location, image_meta):
+            return ''
+        return f'{rbd_locations.location_url(location) or location!r}: ' \
+            'not cloneable in this cluster'
+
+    def _clone_location(self, location: Any, why: str) -> None:
+        """Clone ``location`` as this disk (through ``self.driver``; no
+        resize: Nova's create_image grows it); nothing is left on failure.
+        """
+        if self.exists():
+            raise exception.DiskExists(location=self.location)
+        self.driver.clone(location, self.rbd_name)
+        url = rbd_locations.location_url(location) or str(location)
+        try:
+            _fsid, pool, name, snap = parse_location(url)
+            parent = f'{pool}/{name}@{snap}'
+        except exception.InvalidInput:
+            parent = url
+        self._legacy_how = {'how': 'clone-from-location', 'why': why,
+                            'parent': parent}
+
+    def _source_meta(self, context: Any,
+                     image_id: str) -> sources.ImageMeta:
         """The image source's metadata of ``image_id``."""
         source = self.image_cache.source
         if source is None:
@@ -993,33 +1028,11 @@ class Rbd(image.SelfContained, image.Image):
                 image_id=image_id,
                 reason='there is no image source to ask for locations')
         try:
-            meta = source.get_meta(context, image_id)
+            return source.get_meta(context, image_id)
         except exception.ImageNotFound:
             raise CloneNotPossible(
                 image_id=image_id,
                 reason='the image source does not know the image')
-        return rbd_locations.image_view(meta, image_id)
-
-    def _clone_as_is(self, conn: _Connection, parent: Parent) -> None:
-        """Clone ``parent`` as this disk (no resize: Nova's create_image
-        grows it); a partial clone is removed."""
-        ioctx = conn.ioctx(self.pool)
-        if self._image_exists(ioctx, self.rbd_name):
-            raise exception.DiskExists(location=self.location)
-        try:
-            librbd.RBD().clone(conn.ioctx(parent.pool), parent.image,
-                               parent.snap, ioctx, self.rbd_name)
-        except librbd.ImageExists:
-            # Made meanwhile by someone else: theirs, not to be removed.
-            raise exception.DiskExists(location=self.location)
-        except (rados.Error, librbd.Error) as e:
-            # The name did not exist: whatever is there now is ours.
-            with contextlib.suppress(Exception):
-                self._remove_image(conn, self.pool, self.rbd_name)
-            raise RbdError(operation='clone', target=parent.spec,
-                           reason=str(e))
-        self._legacy_how = {'how': parent.how, 'why': parent.why,
-                            'parent': parent.spec}
 
     def copy_to_store(self, context: Any,
                       image_meta: Mapping[str, Any] | sources.ImageMeta
@@ -1054,7 +1067,8 @@ class Rbd(image.SelfContained, image.Image):
                  '%s', image_id, store)
         with self._connect() as conn:
             rbd_locations.wait_for_store_copy(
-                lambda: self._source_view(context, image_id), store,
+                lambda: rbd_locations.image_view(
+                    self._source_meta(context, image_id), image_id), store,
                 lambda view: self._cloneable_parent(
                     conn, view, 'image source')[0] is not None,
                 interval=libvirt.images_rbd_glance_copy_poll_interval,

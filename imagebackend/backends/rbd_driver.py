@@ -100,28 +100,45 @@ class RbdDriver:
     def is_cloneable(self, image_location: Any, image_meta: Any) -> bool:
         """Whether this cluster can clone ``image_location`` (``{'url':
         ...}`` or a URL) of the image ``image_meta`` describes."""
+        return not self.why_not_cloneable(image_location, image_meta)
+
+    def why_not_cloneable(self, image_location: Any, image_meta: Any) -> str:
+        """'' if ``is_cloneable``, else why not (Nova's rules: an rbd://
+        URL, the image raw, this cluster's fsid, the snapshot readable)."""
         meta = rbd_locations.image_view(image_meta, 'image')
         url = rbd_locations.location_url(image_location)
         view = rbd_locations.ImageView(id=meta.id,
                                        disk_format=meta.disk_format,
                                        urls=(url,) if url else ())
         if not view.rbd_urls:
-            return False
+            return f'{url or image_location!r} is not an rbd:// location'
         with self._disk._connect() as conn:
-            return self._disk._cloneable_parent(
-                conn, view, 'location')[0] is not None
+            return self._disk._cloneable_parent(conn, view, 'location')[1]
 
     def clone(self, image_location: Any, dest_name: str,
               dest_pool: str | None = None) -> None:
         """Clone the snapshot at ``image_location`` as ``dest_name`` in
-        ``dest_pool`` (default: this pool)."""
+        ``dest_pool`` (default: this pool); all or nothing. DiskExists if
+        the name is taken."""
         url = rbd_locations.location_url(image_location) or ''
         _fsid, pool, image, snap = self.parse_url(url)
-        target = f'{dest_pool or self.pool}/{dest_name}'
-        with self._disk._connect() as conn, _typed('clone', target):
-            librbd.RBD().clone(conn.ioctx(pool), image, snap,
-                               conn.ioctx(dest_pool or self.pool),
-                               dest_name)
+        dest_pool = dest_pool or self.pool
+        target = f'{dest_pool}/{dest_name}'
+        with self._disk._connect() as conn:
+            try:
+                librbd.RBD().clone(conn.ioctx(pool), image, snap,
+                                   conn.ioctx(dest_pool), dest_name)
+            except librbd.ImageExists:
+                # Someone else's (made meanwhile, perhaps): left alone.
+                raise exception.DiskExists(location=target)
+            except (rados.Error, librbd.Error) as e:
+                # The name was free: whatever is there now is ours.
+                with contextlib.suppress(Exception):
+                    self._disk._remove_image(conn, dest_pool, dest_name)
+                from imagebackend.backends import rbd as rbd_mod
+                raise rbd_mod.RbdError(operation='clone',
+                                       target=f'{pool}/{image}@{snap}',
+                                       reason=str(e))
 
     # -- images by name -------------------------------------------------------
 

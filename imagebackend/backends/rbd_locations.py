@@ -101,6 +101,17 @@ def location_url(location: Any) -> str | None:
     return None
 
 
+def raw_locations(meta: sources.ImageMeta | Mapping[str, Any]) -> list:
+    """The locations of ``meta`` as it gives them (Nova: dicts with a
+    ``url``; ImageMeta: URLs), for Nova's ``is_cloneable(location, meta)``.
+    """
+    if isinstance(meta, sources.ImageMeta):
+        return list(meta.locations)
+    if isinstance(meta, Mapping):
+        return list(meta.get('locations') or ())
+    return []
+
+
 def image_view(meta: sources.ImageMeta | Mapping[str, Any],
                image_id: str | None = None) -> ImageView:
     """Read ``meta`` (Nova's dict or an ImageMeta) into an ImageView;

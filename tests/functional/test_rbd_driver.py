@@ -58,6 +58,10 @@ def test_driver_names_over_the_disks_ceph_access(host, ceph, tmp_path):
     assert not d.exists(name) and not disk.exists()
     d.clone({'url': url}, name)
     assert disk.exists() and d.exists(name)
+    with pytest.raises(exception.DiskExists):   # taken: left as it is
+        d.clone({'url': url}, name)
+    assert 'another cluster' in d.why_not_cloneable(
+        url_of(ceph, 'glance-img', OTHER_FSID), raw)
     assert d.exists('glance-img', pool=ceph.images_pool, snapshot=SNAP)
     assert not d.exists('glance-img', pool=ceph.images_pool, snapshot='x')
     assert d.size(name) == disk.get_disk_size('/not/a/file') == 8 * MiB

@@ -12,7 +12,7 @@ import pytest
 
 import imagebackend
 from imagebackend import backend as backend_mod
-from imagebackend import exception, records
+from imagebackend import exception, records, sources
 from imagebackend.backends import rbd as rbd_mod
 from tests.hosts import GiB
 
@@ -280,3 +280,69 @@ def test_driver_names_without_a_cluster(host, instance, fake_mons,
     monkeypatch.setattr(d, 'exists', lambda name: calls.append(name) or 1)
     assert disk.get_disk_size('/any/path') == 42 and disk.exists() == 1
     assert calls == [disk.rbd_name, disk.rbd_name]
+
+
+class NovaLikeDriver:
+    """A stand-in for Nova's RBDDriver (what Nova's tests mock): clone
+    asks it, in Nova's call shapes, whether and how to clone."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def exists(self, name):
+        return False
+
+    def is_cloneable(self, location, image_meta):
+        self.calls.append(('is_cloneable', location, image_meta))
+        return self.answers.pop(0)
+
+    def clone(self, location, dest_name):
+        self.calls.append(('clone', location, dest_name))
+
+
+class OneImageSource:
+    def __init__(self, meta):
+        self.meta = meta
+
+    def get_meta(self, context, image_id):
+        return self.meta
+
+    def open(self, context, image_id):
+        raise AssertionError('nothing is downloaded here')
+
+
+@pytest.mark.parametrize('store', ['store', ''])
+def test_clone_asks_the_driver_in_novas_shapes(rbd_host, instance,
+                                               monkeypatch, store):
+    rbd_host.set_override('images_rbd_glance_store_name', store,
+                          group='libvirt')
+    again = sources.ImageMeta(id='foo', disk_format='raw',
+                              locations=('fake',))
+    backend = imagebackend.Backend(conf=rbd_host,
+                                   source=OneImageSource(again))
+    disk = backend.by_name(instance, 'disk')
+    disk.driver = driver = NovaLikeDriver([False, True])
+    copies = []
+    monkeypatch.setattr(disk, 'copy_to_store',
+                        lambda context, meta: copies.append(meta))
+    meta = {'id': 'foo', 'disk_format': 'raw', 'locations': ['fake']}
+    if not store:
+        # Not configured: no copy, no second look; Nova's fallback signal.
+        with pytest.raises(rbd_mod.CloneNotPossible):
+            disk.clone('ctx', 'foo', image_meta=meta)
+        assert copies == []
+        assert driver.calls == [('is_cloneable', 'fake', meta)]
+        return
+    disk.clone('ctx', 'foo', image_meta=meta)
+    # Not cloneable: copied to the store, looked at once more (metadata
+    # read again), then cloned.
+    assert copies == [meta]
+    assert driver.calls == [('is_cloneable', 'fake', meta),
+                            ('is_cloneable', 'fake', again),
+                            ('clone', 'fake', disk.rbd_name)]
+    # A non-raw image is refused before the driver is asked.
+    driver.calls.clear()
+    with pytest.raises(rbd_mod.CloneNotPossible):
+        disk.clone('ctx', 'foo', image_meta=dict(meta, disk_format='qcow2'))
+    assert driver.calls == []
