@@ -265,6 +265,10 @@ class Rbd(image.SelfContained, image.Image):
                                       backing_in_cache=False,
                                       clone=True, native_create=True)
     SUPPORTS_CLONE = True
+    # How copy_to_store waits for the image source (read, store, cloneable,
+    # interval, timeout): replaceable, e.g. by a caller whose own loop
+    # (Nova's oslo loopingcall) its tests drive.
+    wait_for_store_copy = staticmethod(rbd_locations.wait_for_store_copy)
     # None: not known yet whether qemu-img can open rbd: paths here.
     _qemu_has_rbd: ClassVar[bool | None] = None
 
@@ -1065,14 +1069,22 @@ class Rbd(image.SelfContained, image.Image):
                                   reason=str(e))
         LOG.info('Asked the image source to copy image %s to the rbd store '
                  '%s', image_id, store)
-        with self._connect() as conn:
-            rbd_locations.wait_for_store_copy(
-                lambda: rbd_locations.image_view(
-                    self._source_meta(context, image_id), image_id), store,
-                lambda view: self._cloneable_parent(
-                    conn, view, 'image source')[0] is not None,
-                interval=libvirt.images_rbd_glance_copy_poll_interval,
-                timeout=libvirt.images_rbd_glance_copy_timeout)
+
+        def cloneable(view: rbd_locations.ImageView) -> bool:
+            # Ceph is asked only once an rbd:// location is listed: no
+            # connection held open for the whole wait.
+            if not view.rbd_urls or view.disk_format not in formats.RAW_LIKE:
+                return False
+            with self._connect() as conn:
+                return self._cloneable_parent(
+                    conn, view, 'image source')[0] is not None
+
+        self.wait_for_store_copy(
+            lambda: rbd_locations.image_view(
+                self._source_meta(context, image_id), image_id),
+            store, cloneable,
+            interval=libvirt.images_rbd_glance_copy_poll_interval,
+            timeout=libvirt.images_rbd_glance_copy_timeout)
         LOG.info('Image %s copied to the rbd store %s', image_id, store)
 
     def flatten(self) -> None:

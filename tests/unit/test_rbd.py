@@ -346,3 +346,52 @@ def test_clone_asks_the_driver_in_novas_shapes(rbd_host, instance,
     with pytest.raises(rbd_mod.CloneNotPossible):
         disk.clone('ctx', 'foo', image_meta=dict(meta, disk_format='qcow2'))
     assert driver.calls == []
+
+
+class CopyingSource(OneImageSource):
+    def __init__(self, meta, refuse=False):
+        super().__init__(meta)
+        self.copies = []
+        self.refuse = refuse
+
+    def copy_to_store(self, context, image_id, store):
+        self.copies.append((context, image_id, store))
+        if self.refuse:
+            raise exception.ImageUnacceptable(image_id=image_id,
+                                              reason='not active')
+
+
+def test_copy_to_store_asks_the_source_and_waits_its_way(rbd_host,
+                                                         instance):
+    """Nova's copy_to_store(context, image_meta): the source copies, the
+    wait (replaceable) reads its metadata; no Ceph until a location."""
+    rbd_host.set_override('images_rbd_glance_store_name', 'store',
+                          group='libvirt')
+    rbd_host.set_override('images_rbd_glance_copy_poll_interval', 7,
+                          group='libvirt')
+    glance = sources.ImageMeta(id='foo', disk_format='raw',
+                               properties={'stores': 'other,store'})
+    source = CopyingSource(glance)
+    disk = imagebackend.Backend(conf=rbd_host, source=source).by_name(
+        instance, 'disk')
+    waits = []
+
+    def wait(read, store, cloneable, interval, timeout):
+        view = read()
+        waits.append((view.stores, store, cloneable(view), interval,
+                      timeout))
+        return view
+
+    disk.wait_for_store_copy = wait
+    assert disk.copy_to_store('ctx', {'id': 'foo'}) is None
+    assert source.copies == [('ctx', 'foo', 'store')]
+    assert waits == [(('other', 'store'), 'store', False, 7, 600)]
+    # With the library's own wait: done at once (Glance lists the store).
+    del disk.wait_for_store_copy
+    disk.copy_to_store('ctx', {'id': 'foo'})
+    # Refused by the source: Nova's fallback signal, typed.
+    source.refuse = True
+    with pytest.raises(rbd_mod.StoreCopyFailed) as e:
+        disk.copy_to_store('ctx', {'id': 'foo'})
+    assert isinstance(e.value, exception.ImageUnacceptable)
+    assert 'unsuccessful because' in str(e.value)
