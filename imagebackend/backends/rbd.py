@@ -800,7 +800,7 @@ class Rbd(image.SelfContained, image.Image):
         if not mapping:
             raise exception.InvalidInput(
                 reason='libvirt_info needs the disk_info_mapping')
-        hosts, ports = self.mon_addrs()
+        hosts, ports = self.driver.get_mon_addrs()   # Nova's call
         info = libvirt_config.GuestDisk(
             source_type='network', source_device=mapping.get('type', 'disk'),
             source_protocol='rbd', source_name=self.location,
@@ -1009,10 +1009,9 @@ class Rbd(image.SelfContained, image.Image):
 
     def _clone_location(self, location: Any, why: str) -> None:
         """Clone ``location`` as this disk (through ``self.driver``; no
-        resize: Nova's create_image grows it); nothing is left on failure.
-        """
-        if self.exists():
-            raise exception.DiskExists(location=self.location)
+        resize: Nova's create_image grows it); nothing is left on failure,
+        a disk that exists is DiskExists (the driver's clone: one call, no
+        look before, as Nova's)."""
         self.driver.clone(location, self.rbd_name)
         url = rbd_locations.location_url(location) or str(location)
         try:

@@ -291,7 +291,12 @@ class NovaLikeDriver:
         self.calls = []
 
     def exists(self, name):
-        return False
+        # Nova's clone does not look first (its driver's clone fails on a
+        # taken name); Nova's tests' mocked driver answers a truthy mock.
+        raise AssertionError('clone() must not ask exists()')
+
+    def get_mon_addrs(self, strip_brackets=True):
+        return ['192.0.2.9'], ['6789']
 
     def is_cloneable(self, location, image_meta):
         self.calls.append(('is_cloneable', location, image_meta))
@@ -395,3 +400,12 @@ def test_copy_to_store_asks_the_source_and_waits_its_way(rbd_host,
         disk.copy_to_store('ctx', {'id': 'foo'})
     assert isinstance(e.value, exception.ImageUnacceptable)
     assert 'unsuccessful because' in str(e.value)
+
+
+def test_libvirt_info_asks_the_driver_for_monitors(rbd_host, instance):
+    disk = imagebackend.Backend(conf=rbd_host).by_name(
+        instance, 'disk', disk_info_mapping=MAPPING)
+    disk.driver = NovaLikeDriver([])
+    info = disk.libvirt_info('none', {})
+    assert (info.source_hosts, info.source_ports) == (['192.0.2.9'],
+                                                      ['6789'])
