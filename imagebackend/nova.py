@@ -34,6 +34,7 @@ import os
 from castellan import key_manager  # noqa: F401  (Nova's tests patch it here)
 from oslo_concurrency import processutils
 from oslo_log import log as logging
+from oslo_service import loopingcall
 from oslo_utils import fileutils  # noqa: F401
 from oslo_utils import units  # noqa: F401
 
@@ -61,6 +62,7 @@ from imagebackend.backends import lvm as lib_lvm
 from imagebackend.backends import ploop as lib_ploop
 from imagebackend.backends import qcow2 as lib_qcow2
 from imagebackend.backends import rbd as lib_rbd
+from imagebackend.backends import rbd_locations
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -103,14 +105,33 @@ def _nova_errors():
         raise mapped from e
 
 
-def _mapped(name: str):
-    """A method that runs the next class's ``name`` with errors mapped."""
+def _mapped(owner: type, name: str):
+    """A method running the next class's ``name`` (after ``owner`` in the
+    instance's MRO) with the library's errors mapped to Nova's."""
     def method(self, *args, **kwargs):
         with _nova_errors():
-            return getattr(super(Image, self), name)(*args, **kwargs)
+            return getattr(super(owner, self), name)(*args, **kwargs)
     method.__name__ = name
-    method.__doc__ = getattr(lib_image.Image, name, method).__doc__
     return method
+
+
+def _map_errors(cls: type, library_cls: type, names) -> None:
+    """Give ``cls`` an error-mapping ``name`` for each of ``names`` that
+    ``library_cls`` has and ``cls`` does not define itself."""
+    for name in names:
+        if hasattr(library_cls, name) and name not in cls.__dict__:
+            setattr(cls, name, _mapped(cls, name))
+
+
+# What Nova's driver calls on a disk (whose errors it must see as Nova's).
+_CALLS = ('create_image', 'resize_image', 'verify_base_size',
+          'get_disk_size', 'snapshot_extract', 'create_from_image',
+          'create_from_func', 'create_from_content',
+          'check_backing_from_image', 'check_backing_from_func', 'clone',
+          'flatten', 'direct_snapshot', 'cleanup_direct_snapshot',
+          'import_file', 'create_snap', 'remove_snap', 'rollback_to_snap',
+          'exists', 'resolve_driver_format', 'correct_format',
+          'copy_to_store')
 
 
 # -- types -------------------------------------------------------------------
@@ -164,25 +185,45 @@ def _nova_model(model):
 
 # -- images from Glance --------------------------------------------------------
 
+# Glance multistore fields Nova's client gives at the top level; the
+# library reads them from ImageMeta.properties.
+_STORE_FIELDS = ('stores', 'os_glance_importing_to_stores',
+                 'os_glance_failed_import')
+
+
 class GlanceImageSource:
-    """The library's :class:`~imagebackend.sources.ImageSource` on Nova's
-    image API: what Glance says an image is, and its bytes."""
+    """The library's :class:`~imagebackend.sources.ImageSource` (and
+    ``StoreCopier``) on Nova's image API: what Glance says an image is, its
+    bytes, and the copy of an image into another Glance store."""
 
     def get_meta(self, context, image_id: str) -> lib_sources.ImageMeta:
         with _glance_errors(image_id):
             meta = IMAGE_API.get(context, image_id, include_locations=True)
+        properties = dict(meta.get('properties') or {})
+        for field in _STORE_FIELDS:
+            if field in meta:
+                properties[field] = meta[field]
         return lib_sources.ImageMeta(
             id=meta.get('id', image_id),
             disk_format=meta.get('disk_format') or 'raw',
             size=meta.get('size'), name=meta.get('name'),
             locations=tuple(loc['url'] for loc in meta.get('locations') or ()
                             if loc.get('url')),
-            properties=dict(meta.get('properties') or {}),
+            properties=properties,
             virtual_size=meta.get('virtual_size'))
 
     def open(self, context, image_id: str):
         with _glance_errors(image_id):
             return iter(IMAGE_API.download(context, image_id))
+
+    def copy_to_store(self, context, image_id: str, store: str) -> None:
+        try:
+            IMAGE_API.copy_image_to_store(context, image_id, store)
+        except exception.ImageBadRequest:
+            pass  # another host started the same copy: wait for it
+        except exception.ImageImportImpossible as e:
+            raise lib_exception.ImageUnacceptable(image_id=image_id,
+                                                  reason=str(e))
 
 
 @contextlib.contextmanager
@@ -253,17 +294,7 @@ class Image(lib_image.Image):
                                  **kwargs)
 
 
-for _name in ('create_image', 'resize_image', 'verify_base_size',
-              'get_disk_size', 'snapshot_extract', 'create_from_image',
-              'create_from_func', 'check_backing_from_image',
-              'check_backing_from_func', 'clone', 'flatten',
-              'direct_snapshot', 'cleanup_direct_snapshot', 'import_file',
-              'create_snap', 'remove_snap', 'rollback_to_snap', 'exists',
-              'resolve_driver_format', 'correct_format'):
-    if hasattr(lib_image.Image, _name) or _name in ('resolve_driver_format',
-                                                    'correct_format'):
-        setattr(Image, _name, _mapped(_name))
-del _name
+_map_errors(Image, lib_image.Image, _CALLS)
 
 
 class Flat(Image, lib_flat.Flat):
@@ -277,9 +308,7 @@ class Qcow2(Image, lib_qcow2.Qcow2):
 class Lvm(Image, lib_lvm.Lvm):
     """Nova's ``Lvm`` (``images_type = lvm``)."""
 
-    escape = staticmethod(lib_lvm.escape) if hasattr(
-        lib_lvm, 'escape') else staticmethod(
-            lambda filename: filename.replace('_', '__'))
+    escape = staticmethod(lib_lvm.escape)
 
 
 class Rbd(Image, lib_rbd.Rbd):
@@ -297,12 +326,45 @@ class Rbd(Image, lib_rbd.Rbd):
                                      image_meta=image_meta)
 
 
+    @staticmethod
+    def wait_for_store_copy(read, store, cloneable, interval, timeout):
+        """The library's wait for a Glance store copy, run by oslo's
+        looping call as Nova's own is: green under nova-compute's
+        eventlet, where the library's plain sleep loop would not be."""
+        seen = {}
+
+        def poll():
+            seen['view'] = view = read()
+            state = rbd_locations.copy_state(view, store, cloneable)
+            if state == rbd_locations.DONE:
+                raise loopingcall.LoopingCallDone(True)
+            if state == rbd_locations.FAILED_STATE:
+                raise loopingcall.LoopingCallDone('failed import')
+
+        image_id = (lambda: getattr(seen.get('view'), 'id', None))
+        timer = loopingcall.FixedIntervalWithTimeoutLoopingCall(poll)
+        try:
+            result = timer.start(interval=interval, timeout=timeout).wait()
+        except loopingcall.LoopingCallTimeOut:
+            raise rbd_locations.StoreCopyTimeout(
+                image_id=image_id(), store=store, timeout=timeout)
+        if result is not True:
+            raise rbd_locations.StoreCopyFailed(
+                image_id=image_id(), store=store, reason=result)
+        return seen['view']
+
+
 class Ploop(Image, lib_ploop.Ploop):
     """Nova's ``Ploop`` (``images_type = ploop``)."""
 
 
 _FACE_CLASSES = {'flat': Flat, 'qcow2': Qcow2, 'lvm': Lvm, 'rbd': Rbd,
                  'ploop': Ploop}
+for _cls in _FACE_CLASSES.values():
+    # What only this backend has (Flat.correct_format, Rbd.copy_to_store).
+    _map_errors(_cls, _cls.__mro__[2],
+                [n for n in _CALLS if not hasattr(lib_image.Image, n)])
+del _cls
 
 
 class Backend:
