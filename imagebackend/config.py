@@ -2,7 +2,7 @@
 
 Most options here are Nova's own: the same names, groups, types, defaults
 and help text as ``nova/conf/{paths,compute,libvirt,imagecache,
-workarounds}.py``, so that a deployment configures imagebackend with the
+workarounds,ephemeral_storage}.py``, so that a deployment configures imagebackend with the
 ``nova.conf`` it already has.
 
 The definitions must be *equal* to Nova's, not merely similar. Nova and
@@ -107,6 +107,11 @@ tools (e.g. Libvirt or QEMU) or Nova itself under certain conditions. These
 should only be enabled in exceptional circumstances. All options are linked
 against bug IDs, where more information on the issue can be found.
 """)
+
+# From nova/conf/ephemeral_storage.py.
+ephemeral_storage_encryption_group = cfg.OptGroup(
+    name='ephemeral_storage_encryption',
+    title='Ephemeral storage encryption options')
 
 imagebackend_group = cfg.OptGroup(
     'imagebackend',
@@ -562,6 +567,53 @@ option allows disabling it if there is a compatibility concern.
 
 
 # ---------------------------------------------------------------------------
+# [ephemeral_storage_encryption]  (from nova/conf/ephemeral_storage.py)
+# ---------------------------------------------------------------------------
+
+EPHEMERAL_STORAGE_ENCRYPTION_OPTS = [
+    cfg.BoolOpt('enabled',
+        default=False,
+        help="""
+Enables/disables LVM ephemeral storage encryption.
+"""),
+    cfg.StrOpt('cipher',
+        default='aes-xts-plain64',
+        help="""
+Cipher-mode string to be used.
+
+The cipher and mode to be used to encrypt ephemeral storage. The set of
+cipher-mode combinations available depends on kernel support. According
+to the dm-crypt documentation, the cipher is expected to be in the format:
+"<cipher>-<chainmode>-<ivmode>".
+
+Possible values:
+
+* Any crypto option listed in ``/proc/crypto``.
+"""),
+    cfg.IntOpt('key_size',
+        default=512,
+        min=1,
+        help="""
+Encryption key length in bits.
+
+The bit length of the encryption key to be used to encrypt ephemeral storage.
+In XTS mode only half of the bits are used for encryption key.
+"""),
+    cfg.StrOpt(
+        'default_format',
+        default='luks',
+        choices=('luks',),
+        help="""
+Default ephemeral encryption format.
+
+Only 'luks' is supported at this time.
+
+Note that this does not apply to LVM ephemeral storage encryption.
+"""),
+]
+
+
+# ---------------------------------------------------------------------------
 # [imagebackend]: imagebackend's own options. Not in Nova, so free to define.
 # ---------------------------------------------------------------------------
 
@@ -646,6 +698,7 @@ _GROUPS = (
     (imagecache_group, IMAGE_CACHE_OPTS),
     (libvirt_group, LIBVIRT_OPTS),
     (workarounds_group, WORKAROUNDS_OPTS),
+    (ephemeral_storage_encryption_group, EPHEMERAL_STORAGE_ENCRYPTION_OPTS),
     (imagebackend_group, IMAGEBACKEND_OPTS),
 )
 

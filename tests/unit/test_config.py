@@ -45,6 +45,8 @@ EXPECTED = {
                 'rbd_secret_uuid', 'rbd_connect_timeout', 'hw_disk_discard',
                 'virt_type', 'snapshot_compression'},
     'workarounds': {'disable_deep_image_inspection'},
+    'ephemeral_storage_encryption': {'enabled', 'cipher', 'key_size',
+                                     'default_format'},
     'imagebackend': {'images_dir', 'qemu_img_address_space_limit',
                      'qemu_img_cpu_time_limit', 'thin_pool',
                      'max_image_virtual_size_gb'},
@@ -124,6 +126,10 @@ def test_defaults(conf):
     assert conf.libvirt.virt_type == 'kvm'
     assert conf.libvirt.snapshot_compression is False
     assert conf.workarounds.disable_deep_image_inspection is False
+    assert conf.ephemeral_storage_encryption.enabled is False
+    assert conf.ephemeral_storage_encryption.cipher == 'aes-xts-plain64'
+    assert conf.ephemeral_storage_encryption.key_size == 512
+    assert conf.ephemeral_storage_encryption.default_format == 'luks'
     assert conf.imagebackend.qemu_img_address_space_limit == 2
     assert conf.imagebackend.qemu_img_cpu_time_limit == 30
     assert conf.imagebackend.thin_pool is None
@@ -205,6 +211,8 @@ def test_list_opts_matches_module_lists():
     assert by_group['image_cache'] == config.IMAGE_CACHE_OPTS
     assert by_group['libvirt'] == config.LIBVIRT_OPTS
     assert by_group['workarounds'] == config.WORKAROUNDS_OPTS
+    assert (by_group['ephemeral_storage_encryption'] ==
+            config.EPHEMERAL_STORAGE_ENCRYPTION_OPTS)
     assert by_group['imagebackend'] == config.IMAGEBACKEND_OPTS
 
 
@@ -228,6 +236,8 @@ def test_every_listed_opt_is_registered(conf):
     ('imagebackend', 'qemu_img_address_space_limit', 0),
     ('imagebackend', 'qemu_img_cpu_time_limit', 0),
     ('imagebackend', 'max_image_virtual_size_gb', -1),
+    ('ephemeral_storage_encryption', 'key_size', 0),
+    ('ephemeral_storage_encryption', 'default_format', 'plain'),
 ])
 def test_choices_and_bounds_enforced(conf, group, name, value):
     with pytest.raises(ValueError):
@@ -273,7 +283,7 @@ def test_pybasedir_matches_nova_formula(monkeypatch, tmp_path):
 NOVA_WHEEL_GLOB = os.path.join(os.path.dirname(__file__), '..', '..',
                                '.venv', 'nova-wheel', 'nova-34.0.0-*.whl')
 NOVA_CONF_MODULES = ('paths', 'compute', 'libvirt', 'imagecache',
-                     'workarounds')
+                     'workarounds', 'ephemeral_storage')
 
 
 @pytest.fixture
@@ -313,3 +323,17 @@ def test_coexists_with_real_nova(nova_first, nova_conf_modules):
     config.register_opts(conf)
     conf([])
     assert conf.libvirt.images_type == 'default'
+    assert conf.ephemeral_storage_encryption.cipher == 'aes-xts-plain64'
+
+
+def test_ephemeral_storage_encryption_is_novas_whole_group(
+        nova_conf_modules):
+    # The whole group is copied (Nova's Image refuses backends by it and
+    # the Nova face passes it through): the same options, in Nova's order,
+    # each equal to Nova's, under Nova's group title.
+    ephemeral = nova_conf_modules[NOVA_CONF_MODULES.index(
+        'ephemeral_storage')]
+    [(group, opts)] = ephemeral.list_opts().items()
+    assert group.name == config.ephemeral_storage_encryption_group.name
+    assert group.title == config.ephemeral_storage_encryption_group.title
+    assert opts == config.EPHEMERAL_STORAGE_ENCRYPTION_OPTS
