@@ -144,3 +144,36 @@ class ImageTooLarge(ImageUnacceptable):
     msg_fmt = ("Image %(image_id)s is unacceptable: its virtual size "
                "%(virtual_size)d bytes exceeds the limit of %(limit)d bytes "
                "([imagebackend] max_image_virtual_size_gb).")
+
+
+class EncryptionError(ImageBackendError):
+    """Ephemeral storage encryption is required of a disk and cannot be
+    honoured. Nothing is made, and no disk is used unencrypted."""
+
+    msg_fmt = "Disk %(disk)s cannot be encrypted: %(reason)s"
+
+
+class EncryptionUnsupported(EncryptionError):
+    """Encryption is required ([ephemeral_storage_encryption] enabled, or
+    the instance has an ephemeral key) on a backend that cannot encrypt
+    (Nova's Image raises InternalError for it)."""
+
+    msg_fmt = ("Ephemeral storage encryption is required (%(why)s), but the "
+               "%(backend)s backend cannot encrypt disk %(disk)s: only "
+               "backends declaring the encryption capability (lvm) can.")
+
+
+class EncryptionKeyUnavailable(EncryptionError):
+    """The key of a disk to encrypt cannot be had: no request context, no
+    key manager, no key reference, or the key manager failed."""
+
+    msg_fmt = ("The encryption key %(key_uuid)s of disk %(disk)s cannot be "
+               "had: %(reason)s")
+
+
+class UnencryptedDisk(EncryptionError):
+    """An existing disk whose record says it is not encrypted, opened
+    where encryption is required: it is not used as if it were."""
+
+    msg_fmt = ("Disk %(disk)s is recorded as not encrypted, but encryption "
+               "is required (%(why)s); refusing to use it.")

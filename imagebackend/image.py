@@ -25,6 +25,7 @@ import threading
 from typing import Any, Callable, ClassVar, Iterator
 
 from imagebackend import disk_info
+from imagebackend import encryption as encryption_mod
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
@@ -78,6 +79,11 @@ class Capabilities:
     # Nova lists these disks in the disk.info beside them (path -> format):
     # the library keeps that file in step with the disk's record.
     nova_disk_info: bool = False
+    # Disks can be encrypted (ephemeral storage encryption, dm-crypt).
+    encryption: bool = False
+    # Disk names that are not ephemeral storage, allowed unencrypted on
+    # this backend where encryption is required (Nova's Flat loophole).
+    unencrypted_names: frozenset[str] = frozenset()
 
 
 class Image(abc.ABC):
@@ -91,6 +97,8 @@ class Image(abc.ABC):
     # The format every disk of this backend has, or None where a disk's
     # record says (Flat keeps unconverted images; block backends are raw).
     fixed_format: ClassVar[str | None] = None
+    # How this disk is encrypted (backends that can encrypt set it).
+    encryption: encryption_mod.Encryption | None = None
 
     def __init__(self, instance=None, disk_name: str | None = None,
                  path: str | None = None, disk_info_mapping=None, *,
@@ -118,6 +126,8 @@ class Image(abc.ABC):
         # Where the record said the disk was, when it came from elsewhere.
         self.moved_from: str | None = None
         self._creation_path = threading.local()
+        # Never an unencrypted disk where encryption is required.
+        encryption_mod.refuse_unencryptable(self)
 
     # -- identity ------------------------------------------------------------
 
@@ -317,6 +327,7 @@ class Image(abc.ABC):
         if self.disk_name is None:
             raise exception.InvalidInput(
                 reason='a disk opened by path cannot be created')
+        encryption_mod.refuse_unencrypted_creation(self)
         if self.exists():
             raise exception.DiskExists(location=self.location)
         uuid = self.instance_uuid
@@ -331,7 +342,8 @@ class Image(abc.ABC):
             instance=uuid, name=self.disk_name, backend=self.image_type,
             format=self.driver_format, location=self.location,
             source_type=source_type, source_id=source_id,
-            state=records_mod.CREATING,
+            state=records_mod.CREATING, encryption=(
+                self.encryption.to_record() if self.encryption else None),
             provenance={'path': creation_path, **provenance})
         facts: dict[str, Any] = {}
         with revert.Reverter() as undo:

@@ -39,7 +39,9 @@ SOURCE_TYPES = ('image', 'func', 'none')
 RECORDS_FILE = names.RECORDS_FILE
 # Optional fields added after schema version 1: omitted from the stored
 # form while None (see the module docstring).
-OPTIONAL_FIELDS = ('backing_sha256',)
+OPTIONAL_FIELDS = ('backing_sha256', 'encryption')
+# What an encrypted disk's record says about its encryption (never the key).
+ENCRYPTION_KEYS = ('cipher', 'key_size', 'key_uuid')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,10 @@ class DiskRecord:
     # The sha256 of that cache entry's bytes when the disk was made on it:
     # restoring the base elsewhere (check_backing) must give these bytes.
     backing_sha256: str | None = None
+    # How the disk is encrypted, if it is: {'cipher', 'key_size',
+    # 'key_uuid'} (the key manager's reference, never the key). An
+    # encrypted disk is reopened encrypted from this alone.
+    encryption: dict[str, Any] | None = None
     # How the disk came to be: {'path': 'native'|'shim'|'legacy-cache'|
     # 'adopted', ...} plus backend details such as the copy method.
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -97,6 +103,8 @@ class DiskRecord:
                 fileutils.digest_algorithm(self.backing_sha256)
             except ValueError:
                 raise bad(f'bad backing sha256 {self.backing_sha256!r}')
+        if self.encryption is not None:
+            _check_encryption(self.encryption, bad)
         if not isinstance(self.provenance, dict):
             raise bad('provenance must be an object')
         if self.virtual_size is not None and (
@@ -138,6 +146,20 @@ class DiskRecord:
         except (TypeError, exception.InvalidDiskName) as e:
             # Stored data with a bad name is as corrupt as any bad field.
             raise exception.CorruptRecord(location=location, reason=str(e))
+
+
+def _check_encryption(encryption: Any, bad) -> None:
+    if not isinstance(encryption, dict) or \
+            set(encryption) != set(ENCRYPTION_KEYS):
+        raise bad(f'encryption must be an object with exactly '
+                  f'{", ".join(ENCRYPTION_KEYS)}')
+    for field in ('cipher', 'key_uuid'):
+        if not isinstance(encryption[field], str) or \
+                not encryption[field]:
+            raise bad(f'encryption {field} must be a non-empty string')
+    size = encryption['key_size']
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise bad(f'bad encryption key size {size!r}')
 
 
 def document(records) -> dict[str, Any]:

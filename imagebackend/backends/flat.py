@@ -34,9 +34,11 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
     """A disk that is one self-contained file (raw, or unconverted image)."""
 
     image_type = 'flat'
-    capabilities = image.Capabilities(file_in_instance_path=True,
-                                      native_create=True,
-                                      nova_disk_info=True)
+    capabilities = image.Capabilities(
+        file_in_instance_path=True, native_create=True, nova_disk_info=True,
+        # Nova's loophole: kernel, ramdisk and config drive are Flat files
+        # whatever the host's images_type, and not ephemeral storage.
+        unencrypted_names=frozenset({'kernel', 'ramdisk', 'disk.config'}))
 
     def __init__(self, instance=None, disk_name=None, path=None,
                  disk_info_mapping=None, *, backend, record=None):
