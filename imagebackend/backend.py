@@ -58,12 +58,19 @@ def backend_class(image_type: str) -> type[image_mod.Image]:
 
 
 class Backend:
-    """Makes :class:`Image` objects for one host's configuration."""
+    """Makes :class:`Image` objects for one host's configuration.
+
+    ``key_manager``: where the keys of encrypted disks come from, an object
+    with castellan's key manager API (``get(context, key_uuid)
+    .get_encoded()``; Nova passes ``castellan.key_manager.API(CONF)``).
+    Used only when a disk is encrypted (an instance with an
+    ``ephemeral_key_uuid``): see :mod:`imagebackend.encryption`.
+    """
 
     def __init__(self, use_cow: bool | None = None, *, conf=None,
                  source: sources_mod.ImageSource | None = None,
                  records: records_mod.RecordStore | None = None,
-                 transport=None):
+                 transport=None, key_manager=None):
         self.conf = config.register_opts(conf)
         self.use_cow = (self.conf.use_cow_images if use_cow is None
                         else use_cow)
@@ -76,6 +83,9 @@ class Backend:
             records = records_mod.InstanceDirStore(
                 self.conf.instances_path, self.image_cache.lock_path)
         self.records = records
+        # Where encrypted disks' keys come from (castellan's key_manager
+        # API: get(context, key_uuid).get_encoded()); used only for them.
+        self.key_manager = key_manager
 
     def _type(self, image_type: str | None) -> str:
         image_type = image_type or self.conf.libvirt.images_type
@@ -199,7 +209,8 @@ class Backend:
             instance=instance.uuid, name=name, backend=disk.image_type,
             format=fmt, location=disk.location, source_type='none',
             source_id=None, virtual_size=size,
-            state=records_mod.CREATED,
+            state=records_mod.CREATED, encryption=(
+                disk.encryption.to_record() if disk.encryption else None),
             provenance={'path': 'adopted', 'from': how}, **facts)
         self.records.put(record)
         # Nova's module, should the disk go back to a host on it, finds it

@@ -63,6 +63,21 @@ file -- all or nothing: a failed settle leaves no LV behind. For a live
 migration, ``create_empty`` makes an LV of the recorded size for the block
 migration to fill.
 
+Ephemeral storage encryption, as Nova does it: a disk of an instance with
+an ``ephemeral_key_uuid`` is a dm-crypt mapping over its LV
+(:mod:`imagebackend.dmcrypt`): the guest's device is
+``/dev/mapper/<lv>-dmcrypt`` (:attr:`Lvm.path`), the LV's is
+:attr:`Lvm.lv_path`. The key is fetched from the backend's key manager
+before anything is made; ``cryptsetup create`` runs right after
+``lvcreate``, and the image or template function writes through the
+mapping. The record holds cipher, key size and key reference, so the disk
+is reopened encrypted from it; undo and delete remove the mapping, then
+(after the wipe, on the LV) the LV. With encryption required and no key
+for the instance, nothing is created (typed errors,
+:mod:`imagebackend.encryption`); an encrypted disk is not thin-snapshotted
+(a snapshot of a plaintext base cannot be read through a mapping) nor
+migrated (its key would have to be fetched on the destination).
+
 Everything runs through :func:`imagebackend.processes.execute`, with the
 environment of the calling process: an LVM configuration (``--config`` in
 ``LVM_SYSTEM_DIR``) is the host's business, never this module's.
@@ -79,6 +94,8 @@ from typing import Any, Callable, ClassVar
 
 from oslo_utils import units
 
+from imagebackend import dmcrypt
+from imagebackend import encryption as encryption_mod
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import filesystems
@@ -247,7 +264,8 @@ class Lvm(image.SelfContained, image.Image):
     """A disk that is one logical volume (thick, or thin in a pool)."""
 
     image_type = 'lvm'
-    capabilities = image.Capabilities(block_device=True, native_create=True)
+    capabilities = image.Capabilities(block_device=True, native_create=True,
+                                      encryption=True)
     # The backend can make disks as thin snapshots of a per-image base;
     # whether this host does is :attr:`thin_snapshots` (config).
     SUPPORTS_THIN_SNAPSHOTS: ClassVar[bool] = True
@@ -267,14 +285,25 @@ class Lvm(image.SelfContained, image.Image):
                     reason='a disk needs an instance and a name, or a path')
             self.lv = lv_name(self.instance_uuid, disk_name)
             self.vg = self._recorded_vg() or self._configured_vg()
-            self.path = os.path.join(DEVICE_ROOT, self.vg, self.lv)
+        elif dmcrypt.is_encrypted(path):
+            # An encrypted disk's libvirt path: its mapping.
+            self.lv = check_lvm_name(dmcrypt.base_name(
+                os.path.basename(path)))
+            self._name_from_lv()
+            self.vg = (self.disk_name and self._recorded_vg()) or \
+                self._configured_vg()
         else:
             self.vg, self.lv = self._parse_path(path)
-            if disk_name is None and instance is not None:
-                prefix = names.check_instance_uuid(instance.uuid) + '_'
-                if self.lv.startswith(prefix):
-                    self.disk_name = names.check_disk_name(
-                        unescape(self.lv[len(prefix):]))
+            self._name_from_lv()
+        self.lv_path = os.path.join(DEVICE_ROOT, self.vg, self.lv)
+        self.encryption = self._encryption()
+        if path is not None and dmcrypt.is_encrypted(path) and \
+                self.encryption is None:
+            raise exception.InvalidInput(
+                reason=f'{path} is an encrypted disk, but neither a record '
+                'nor the instance says how it is encrypted')
+        self.path = (dmcrypt.volume_path(self._mapping)
+                     if self.encryption else self.lv_path)
         self.thin_pool = self.conf.imagebackend.thin_pool
         if self.thin_pool:
             check_lvm_name(self.thin_pool, 'thin pool name')
@@ -283,6 +312,61 @@ class Lvm(image.SelfContained, image.Image):
         self.preallocate = not self.sparse
         if self.preallocate:
             self.driver_io = 'native'
+
+    def _name_from_lv(self) -> None:
+        if self.disk_name is None and self.instance is not None:
+            prefix = names.check_instance_uuid(self.instance.uuid) + '_'
+            if self.lv.startswith(prefix):
+                self.disk_name = names.check_disk_name(
+                    unescape(self.lv[len(prefix):]))
+
+    def _encryption(self) -> encryption_mod.Encryption | None:
+        """How this disk is encrypted: as its Lvm record says, for a disk
+        that has one; else, for a disk to be made, under the instance's
+        key (None without one). A disk recorded unencrypted where
+        encryption is required is refused (UnencryptedDisk)."""
+        record = self.record
+        if record is not None and record.backend == self.image_type:
+            if record.encryption is not None:
+                return encryption_mod.Encryption.from_record(
+                    record.encryption)
+            if record.created:
+                why = encryption_mod.required_by(self.conf, self.instance)
+                if why:
+                    raise exception.UnencryptedDisk(
+                        disk=f'{record.instance}/{record.name}', why=why)
+                return None
+        return encryption_mod.for_new_disk(self.conf, self.instance)
+
+    @property
+    def _mapping(self) -> str:
+        """The dm-crypt mapping's name (encrypted disks)."""
+        return dmcrypt.volume_name(self.lv)
+
+    def _encryption_key(self, context: Any) -> bytes | None:
+        """The key to encrypt a new disk with (None: not encrypted),
+        fetched before anything is made; refuses an unencrypted disk
+        where encryption is required."""
+        encryption_mod.refuse_unencrypted_creation(self)
+        if self.encryption is None:
+            return None
+        return self._fetch_key(context)
+
+    def _fetch_key(self, context: Any) -> bytes:
+        return encryption_mod.get_key(
+            getattr(self._backend, 'key_manager', None), context,
+            self.encryption.key_uuid, self.location)
+
+    def _open_mapping(self, key: bytes) -> None:
+        enc = self.encryption
+        dmcrypt.create_volume(self._mapping, self.lv_path, enc.cipher,
+                              enc.key_size, key)
+
+    def _close_mapping(self) -> None:
+        # Asked of cryptsetup even when no mapping shows (Nova's order and
+        # calls): one already gone is no error (dmcrypt.delete_volume).
+        if self.encryption is not None:
+            dmcrypt.delete_volume(self._mapping)
 
     def _recorded_vg(self) -> str | None:
         """The VG this disk's record puts it in, if it has an Lvm record
@@ -334,8 +418,9 @@ class Lvm(image.SelfContained, image.Image):
 
     @property
     def thin_snapshots(self) -> bool:
-        """Disks from images are thin snapshots of a per-image base LV."""
-        return bool(self.thin_pool)
+        """Disks from images are thin snapshots of a per-image base LV
+        (never an encrypted disk: its base holds plaintext)."""
+        return bool(self.thin_pool) and self.encryption is None
 
     def _volume(self) -> LogicalVolume | None:
         return logical_volumes(self.vg).get(self.lv)
@@ -362,9 +447,17 @@ class Lvm(image.SelfContained, image.Image):
                                         free=vg.free)
         return vg
 
-    def _lvcreate(self, size: int, vg: VolumeGroup) -> int:
+    def _lvcreate(self, size: int, vg: VolumeGroup,
+                  key: bytes | None = None) -> int:
         """Create this disk's LV of ``size`` (rounded up); return its size.
-        The caller removes it on failure (``_creating`` or a Reverter)."""
+        An encrypted disk's mapping is opened over it with ``key`` (the LV
+        is removed again if that fails). The caller removes the disk on
+        later failures (``_creating`` or a Reverter)."""
+        if (key is None) != (self.encryption is None):
+            raise exception.EncryptionKeyUnavailable(
+                key_uuid=getattr(self.encryption, 'key_uuid', None),
+                disk=self.location, reason='no key was fetched for it'
+                if key is None else 'the disk is not to be encrypted')
         size = vg.round(size)
         if self.thin_pool:
             cmd = ['-T', f'{self.vg}/{self.thin_pool}', '-V', f'{size}b',
@@ -382,6 +475,10 @@ class Lvm(image.SelfContained, image.Image):
                 raise InsufficientSpace(vg=self.vg, needed=size,
                                         free=vg.free)
             raise
+        if key is not None:
+            with revert.Reverter() as undo:
+                undo.add(self.remove_disk)
+                self._open_mapping(key)
         return size
 
     def _write(self, src: str, src_format: str, dst: str) -> None:
@@ -403,6 +500,7 @@ class Lvm(image.SelfContained, image.Image):
     def create_from_image(self, context: Any, image_id: str,
                           size: int | None = None,
                           fallback: str | None = None) -> None:
+        key = self._encryption_key(context)
         entry = self.image_cache.fetch_image(context, image_id, fallback,
                                              size=size)
         self._check_size(size, entry.virtual_size)
@@ -412,7 +510,7 @@ class Lvm(image.SelfContained, image.Image):
             return
         vg = self._group(needed=wanted)
         with self._creating('image', image_id, 'native') as facts:
-            final = self._lvcreate(wanted, vg)
+            final = self._lvcreate(wanted, vg, key)
             self._write(entry.path, entry.format, self.path)
             self._grow_filesystem(entry.virtual_size, wanted)
             facts.update(format='raw', virtual_size=final,
@@ -461,23 +559,47 @@ class Lvm(image.SelfContained, image.Image):
         if not size:
             raise exception.InvalidInput(
                 reason='an LVM disk made by a function needs a size')
+        key = self._encryption_key(context)
         vg = self._group(needed=size)
         with self._creating('func', cache_name, 'native') as facts:
-            final = self._lvcreate(size, vg)
+            final = self._lvcreate(size, vg, key)
             func(self.path)
             facts.update(format='raw', virtual_size=final)
 
+    def check_backing_from_image(self, context: Any, image_id: str,
+                                 fallback: str | None = None) -> None:
+        super().check_backing_from_image(context, image_id, fallback)
+        self._reopen_mapping(context)
+
+    def check_backing_from_func(self, context: Any,
+                                func: Callable[[str], None], cache_name: str,
+                                fallback: str | None = None) -> None:
+        super().check_backing_from_func(context, func, cache_name, fallback)
+        self._reopen_mapping(context)
+
+    def _reopen_mapping(self, context: Any) -> None:
+        """What an existing encrypted disk depends on is its mapping: one
+        that is gone (a host reboot) is opened again, the key fetched."""
+        if self.encryption is None or os.path.lexists(self.path):
+            return
+        self._open_mapping(self._fetch_key(context))
 
     # -- legacy (Nova's Lvm.create_image) -------------------------------------
 
     def create_image(self, prepare_template, base, size, safe=False, *args,
                      **kwargs):
+        # As Nova: the key first (before any template is made), and no
+        # context for a disk to encrypt is an error.
+        exists = self.exists()
+        key = None if exists else self._encryption_key(kwargs.get('context'))
         generated = 'ephemeral_size' in kwargs
         if generated and size:
             # Ephemeral: the filesystem is made right on the volume.
-            if not self.exists():
-                self._lvcreate(size, self._group(needed=size))
-                prepare_template(target=self.path, *args, **kwargs)
+            if not exists:
+                with revert.Reverter() as undo:
+                    self._lvcreate(size, self._group(needed=size), key)
+                    self._undo_unless_recording(undo)
+                    prepare_template(target=self.path, *args, **kwargs)
             return
         # Root disks, and swap (Nova passes swap_mb, not ephemeral_size):
         # through a template in the cache.
@@ -496,11 +618,12 @@ class Lvm(image.SelfContained, image.Image):
             base_format = formats.cache_format(found.format)
             base_size = found.virtual_size
         self.verify_base_size(base, size, base_size)
-        if self.exists():
+        if exists or self.exists():
             return
-        with self.image_cache.lock(name):
+        with self.image_cache.lock(name), revert.Reverter() as undo:
             wanted = max(size or 0, base_size)
-            self._lvcreate(wanted, self._group(needed=wanted))
+            self._lvcreate(wanted, self._group(needed=wanted), key)
+            self._undo_unless_recording(undo)
             # Nova's convert_image_unsafe had no -f; the sidecar says it.
             self._write(base, base_format, self.path)
             self._grow_filesystem(base_size, wanted)
@@ -514,8 +637,17 @@ class Lvm(image.SelfContained, image.Image):
         if size > base_size and filesystems.grow_ext(self.path):
             flush_device(self.path, self.location)
 
+    def _undo_unless_recording(self, undo: revert.Reverter) -> None:
+        """Remove the disk (mapping, then LV) if the rest of a direct
+        create_image call fails, as Nova's remove_volume_on_error does.
+        Under cache() the record keeping (a ``creating`` record) removes
+        it already."""
+        record = self._record
+        if record is None or record.created:
+            undo.add(self.remove_disk)
+
     def get_disk_size(self, name: str) -> int:
-        if name == self.path:
+        if name in (self.path, self.lv_path):
             volume = self._volume()
             if volume is None:
                 raise exception.DiskNotFound(location=self.location)
@@ -547,6 +679,8 @@ class Lvm(image.SelfContained, image.Image):
                                     free=vg.free)
         processes.execute('lvextend', '-L', f'{target}b',
                           f'{self.vg}/{self.lv}')
+        if self.encryption is not None and os.path.lexists(self.path):
+            dmcrypt.resize_volume(self._mapping)
 
     def get_model(self, connection=None) -> models.LocalBlockImage:
         """The disk as a raw block device (Nova's ``get_model``)."""
@@ -572,6 +706,8 @@ class Lvm(image.SelfContained, image.Image):
     # -- deletion -------------------------------------------------------------
 
     def remove_disk(self) -> None:
+        # The mapping first: an LV that is mapped cannot be removed.
+        self._close_mapping()
         volume = self._volume()
         if volume is None:
             return
@@ -589,9 +725,10 @@ class Lvm(image.SelfContained, image.Image):
         if bound and bound < size:
             size = bound
         if method == 'zero':
-            processes.execute('shred', '-n0', '-z', f'-s{size}', self.path)
+            processes.execute('shred', '-n0', '-z', f'-s{size}',
+                              self.lv_path)
         else:
-            processes.execute('shred', '-n3', f'-s{size}', self.path)
+            processes.execute('shred', '-n3', f'-s{size}', self.lv_path)
 
     # -- migration ------------------------------------------------------------
 
@@ -601,6 +738,7 @@ class Lvm(image.SelfContained, image.Image):
         if self.disk_name is None:
             raise exception.InvalidInput(
                 reason='a disk opened by path cannot be sent')
+        self._refuse_encrypted('migrating an encrypted disk')
         self._require_disk()
         os.makedirs(self.instance_dir, exist_ok=True)
         tmp = os.path.join(self.instance_dir,
@@ -638,7 +776,13 @@ class Lvm(image.SelfContained, image.Image):
             # This VG's extents are larger: the guest sees the LV's size.
             self._record = record.replace(virtual_size=made)
 
+    def _refuse_encrypted(self, operation: str) -> None:
+        if self.encryption is not None:
+            raise exception.NotSupported(operation=operation,
+                                         backend=self.image_type)
+
     def create_empty(self, like) -> None:
+        self._refuse_encrypted('migrating an encrypted disk')
         self.driver_format = 'raw'
         size = like.virtual_size
         vg = self._group(needed=size)

@@ -596,3 +596,15 @@ def test_settled_lv_flushed_before_its_record(fake, backend, instance,
     with patch:
         disk.settle()
     assert seen and all(paths[:1] == [disk.path] for _s, paths in seen)
+
+
+def test_encrypted_path_without_encryption_info_refused(tmp_path):
+    # A /dev/mapper/<lv>-dmcrypt path, but no record and no instance key:
+    # how it is encrypted is unknown, so it is not opened as a plain LV.
+    conf = hosts.make_conf(str(tmp_path / 'i'), str(tmp_path / 'img'))
+    conf.set_override('images_volume_group', VG, group='libvirt')
+    backend = imagebackend.Backend(conf=conf)
+    with pytest.raises(exception.InvalidInput) as e:
+        backend.by_libvirt_path(hosts.Instance(),
+                                '/dev/mapper/u_disk-dmcrypt', 'lvm')
+    assert 'encrypted' in str(e.value)
