@@ -1,0 +1,526 @@
+"""Nova's real LibvirtDriver making an instance's disks, on the library's face.
+
+Run with the Nova virtualenv (.venv-nova/bin/python, PYTHONPATH=<repo root>):
+
+    python tests/nova/nova_driver_scenarios.py [--own] --json OUT \
+        [--backends flat,qcow2,ploop] [--lvm-vg VG] [--rbd-conf CONF ...]
+
+Without ``--own`` the library's face (imagebackend.nova) is put in place of
+``nova.virt.libvirt.imagebackend`` by imagebackend.nova_swap.install()
+before anything imports Nova's libvirt package; with ``--own`` Nova's own
+module runs (the baseline the face is compared with).
+
+Nova's driver is built as Nova's unit tests build it (nova.test.NoDBTestCase,
+``LibvirtFixture``/fakelibvirt, privsep in-process through
+``PrivsepFixture``), on a real instances_path in a temp dir. Only the Glance
+API (its download writes a real qcow2 image made by qemu-img), DB writes of
+the instance and the network (empty) are stubbed; every disk is made by the
+image backend with the real qemu-img, mkfs, mkswap, genisoimage and cp.
+
+For each backend, one instance goes through, in order:
+
+* ``construct``: ``LibvirtDriver(FakeVirtAPI(), False)``;
+* ``create``: ``_create_image`` (root from the image, ephemeral, swap),
+  ``_create_configdrive``, ``_get_guest_xml``, the XML defined on libvirt's
+  real test driver (``test:///default``, the real libvirt module, not the
+  fakelibvirt Nova's fixture installs);
+* ``pre_live_migration``: ``pre_live_migration`` (so
+  ``_create_images_and_backing``) on a second host's instances_path, with
+  the disk_info Nova's source sends (``_get_instance_disk_info_from_config``);
+* ``resize``: ``migrate_disk_and_power_off`` (same host) then
+  ``finish_migration`` with a bigger flavor, its XML defined on test:///;
+* ``cleanup_resize``: ``_cleanup_resize``;
+* ``rescue``: ``rescue`` (``_create_image`` with suffix '.rescue'), its XML
+  defined on test:///;
+* ``instance_on_disk``.
+
+Writes JSON: {backend: {scenario: {'call': 'ok' | {'error', 'message'},
+'result', 'disks': {name: {'info': qemu-img info, 'xml': <disk>}}}}} with
+the temp paths replaced by $INSTANCES / $DEST / $WORK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+import xml.etree.ElementTree as ET
+
+IMAGE_ID = '155d900f-4e14-4e4c-a73d-069cbf4541e6'
+INSTANCE_UUID = '6b2f5a34-bd6c-4b3b-8c4e-2b8d3f2f0a10'
+IMAGE_MB = 64
+MiB = 1024 * 1024
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--own', action='store_true',
+                        help="Nova's own module (baseline)")
+    parser.add_argument('--json', required=True, help='write results here')
+    parser.add_argument('--backends', default='flat,qcow2,ploop')
+    parser.add_argument('--lvm-vg', help='[libvirt] images_volume_group')
+    parser.add_argument('--rbd-conf', help='[libvirt] images_rbd_ceph_conf')
+    parser.add_argument('--rbd-pool', help='[libvirt] images_rbd_pool')
+    parser.add_argument('--rbd-user', help='[libvirt] rbd_user')
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args()
+if not ARGS.own:
+    import imagebackend.nova_swap
+    imagebackend.nova_swap.install()
+
+# The real libvirt module, imported before Nova's test fixtures poison its
+# import and swap Nova's references to it for fakelibvirt.
+import libvirt as real_libvirt  # noqa: E402
+
+import fixtures  # noqa: E402
+
+import nova.conf  # noqa: E402
+from nova import context as nova_context  # noqa: E402
+from nova import exception  # noqa: E402
+from nova.network import model as network_model  # noqa: E402
+from nova import objects  # noqa: E402
+from nova import test  # noqa: E402
+from nova.tests import fixtures as nova_fixtures  # noqa: E402
+from nova.tests.unit.virt.libvirt import test_driver  # noqa: E402
+from nova.virt import fake  # noqa: E402
+from nova.virt.libvirt import blockinfo  # noqa: E402
+from nova.virt.libvirt import config as vconfig  # noqa: E402
+from nova.virt.libvirt import driver as libvirt_driver  # noqa: E402
+from nova.virt.libvirt import utils as libvirt_utils  # noqa: E402
+
+CONF = nova.conf.CONF
+RESULTS: dict = {}
+
+
+def qemu_img(*args) -> str:
+    return subprocess.run(['qemu-img', *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def make_image(work: str) -> str:
+    """A real qcow2 image with some data, as Glance would serve it."""
+    raw = os.path.join(work, 'image.raw')
+    with open(raw, 'wb') as f:
+        f.truncate(IMAGE_MB * MiB)
+        f.seek(MiB)
+        f.write(b'imagebackend nova driver scenario\n' * 100)
+    path = os.path.join(work, 'image.qcow2')
+    qemu_img('convert', '-f', 'raw', '-O', 'qcow2', raw, path)
+    os.unlink(raw)
+    return path
+
+
+class Paths:
+    """Temp paths -> stable names, so two runs compare."""
+
+    def __init__(self):
+        self.subst: list[tuple[str, str]] = []
+
+    def add(self, path, name):
+        self.subst.append((os.path.realpath(path), name))
+        self.subst.append((path, name))
+        self.subst.sort(key=lambda s: -len(s[0]))
+
+    def __call__(self, value):
+        if isinstance(value, str):
+            for path, name in self.subst:
+                value = value.replace(path, name)
+            return value
+        if isinstance(value, dict):
+            return {self(k): self(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self(v) for v in value]
+        return value
+
+
+def disk_elements(xml: str) -> list[ET.Element]:
+    return ET.fromstring(xml).findall('./devices/disk')
+
+
+def qemu_info(path: str, fmt: str) -> dict:
+    """``qemu-img info`` of a disk as its XML describes it."""
+    extra = {}
+    if fmt == 'ploop':
+        # A ploop disk is a directory: root.hds, whose format its
+        # DiskDescriptor.xml gives (Plain: raw; else parallels).
+        if not os.path.isdir(path):
+            extra['ploop'] = 'not a directory'
+            fmt = 'raw'
+        else:
+            descriptor = os.path.join(path, 'DiskDescriptor.xml')
+            kind = (ET.parse(descriptor).findtext('.//Storage/Image/Type')
+                    if os.path.exists(descriptor) else None)
+            extra['ploop'] = kind or 'no DiskDescriptor.xml'
+            path = os.path.join(path, 'root.hds')
+            fmt = 'raw' if kind == 'Plain' else 'parallels'
+    if not os.path.exists(path):
+        return dict(extra, missing=path)
+    try:
+        out = qemu_img('info', '--output=json', '-U', '-f', fmt, path)
+    except subprocess.CalledProcessError as e:
+        return dict(extra, error=e.stderr.strip())
+    info = json.loads(out)
+    with open(path, 'rb') as f:
+        # What the bytes are, whatever the XML says (a raw disk that holds
+        # a qcow2 header would hand the guest qcow2 metadata).
+        info['qcow2-magic'] = f.read(4) == b'QFI\xfb'
+    for volatile in ('actual-size', 'dirty-flag', 'children', 'cluster-size',
+                     'format-specific'):
+        info.pop(volatile, None)
+    return dict(info, **extra)
+
+
+def describe_xml(xml: str) -> dict:
+    """Each <disk> of a domain XML with qemu-img info of its file."""
+    disks = {}
+    for el in disk_elements(xml):
+        target = el.find('target').get('dev')
+        source = el.find('source')
+        driver = el.find('driver')
+        fmt = driver.get('type') if driver is not None else None
+        path = None
+        if source is not None:
+            path = source.get('file') or source.get('dev')
+        entry = {'xml': ET.tostring(el, encoding='unicode').strip()}
+        if path and fmt:
+            entry['info'] = qemu_info(path, fmt)
+        disks[target] = entry
+    return disks
+
+
+def describe_disk_info(instance_dir: str, disk_info: list[dict]) -> dict:
+    """qemu-img info of each disk Nova's disk_info names, in instance_dir."""
+    disks = {}
+    for info in disk_info:
+        name = os.path.basename(info['path'])
+        disks[name] = {'info': qemu_info(os.path.join(instance_dir, name),
+                                         info['type'])}
+    return disks
+
+
+def tree(top: str) -> dict:
+    """{relative path: size} of the files under top."""
+    found = {}
+    for dirpath, _, files in os.walk(top):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            found[os.path.relpath(path, top)] = os.path.getsize(path)
+    return found
+
+
+def define_on_test_driver(xml: str) -> str:
+    """Define the domain on libvirt's real test driver; its name."""
+    conn = real_libvirt.open('test:///default')
+    try:
+        dom = conn.defineXML(xml)
+        name = dom.name()
+        dom.undefine()
+        return name
+    finally:
+        conn.close()
+
+
+def error_of(e: BaseException) -> dict:
+    return {'error': f'{type(e).__module__}.{type(e).__name__}',
+            'message': str(e)[:500],
+            'traceback': traceback.format_exc()[-3000:]}
+
+
+class DriverScenarios(test.NoDBTestCase):
+    """One instance through Nova's driver, per backend (see module doc)."""
+
+    backend = 'flat'
+
+    def setUp(self):
+        super().setUp()
+        self.work = self.useFixture(fixtures.TempDir()).path
+        self.src = os.path.join(self.work, 'instances')
+        self.dest = os.path.join(self.work, 'dest')
+        os.mkdir(self.src)
+        os.mkdir(self.dest)
+        self.paths = Paths()
+        self.paths.add(self.src, '$INSTANCES')
+        self.paths.add(self.dest, '$DEST')
+        self.paths.add(self.work, '$WORK')
+        self.flags(instances_path=self.src)
+        self.flags(lock_path=os.path.join(self.work, 'locks'),
+                   group='oslo_concurrency')
+        self.flags(images_type=self.backend, virt_type='kvm',
+                   group='libvirt')
+        # A flat host is a raw host: with use_cow_images on, Nova's
+        # finish_migration converts its raw disks to qcow2 in place.
+        self.flags(use_cow_images=self.backend != 'flat')
+        if ARGS.lvm_vg:
+            self.flags(images_volume_group=ARGS.lvm_vg, group='libvirt')
+        if ARGS.rbd_conf:
+            self.flags(images_rbd_ceph_conf=ARGS.rbd_conf, group='libvirt')
+        if ARGS.rbd_pool:
+            self.flags(images_rbd_pool=ARGS.rbd_pool, group='libvirt')
+        if ARGS.rbd_user:
+            self.flags(rbd_user=ARGS.rbd_user, group='libvirt')
+        self.useFixture(nova_fixtures.LibvirtFixture())
+        self.useFixture(nova_fixtures.CGroupsFixture())
+        self.useFixture(nova_fixtures.PrivsepFixture())
+        self.stub_out('nova.objects.InstanceList.get_by_host',
+                      lambda *a, **k: objects.InstanceList(objects=[]))
+        self._stub_glance()
+        # DB writes and reads of the instance (no DB in a unit test).
+        self.stub_out('nova.objects.Instance.save', lambda *a, **k: None)
+        self.stub_out('nova.objects.BlockDeviceMappingList.'
+                      'get_by_instance_uuid',
+                      lambda *a, **k: objects.BlockDeviceMappingList())
+        self.stub_out('nova.objects.VirtualInterfaceList.'
+                      'get_by_instance_uuid',
+                      lambda *a, **k: objects.VirtualInterfaceList())
+        self.stub_out('nova.objects.ShareMappingList.get_by_instance_uuid',
+                      lambda *a, **k: objects.ShareMappingList())
+        self.stub_out('nova.objects.EC2Ids.get_by_instance',
+                      lambda *a, **k: objects.EC2Ids(
+                          instance_id='i-00000001', ami_id='ami-00000001',
+                          kernel_id=None, ramdisk_id=None))
+        # Neutron reads (the config drive's security groups).
+        self.stub_out('nova.network.security_group_api.'
+                      'get_instance_security_groups', lambda *a, **k: [])
+        self.context = nova_context.get_admin_context()
+
+    def _stub_glance(self):
+        image = make_image(self.work)
+        virtual_size = IMAGE_MB * MiB
+        meta = {'id': IMAGE_ID, 'name': 'scenario', 'status': 'active',
+                'disk_format': 'qcow2', 'container_format': 'bare',
+                'size': os.path.getsize(image),
+                'virtual_size': virtual_size, 'min_disk': 0, 'min_ram': 0,
+                'properties': {}, 'locations': [], 'owner': 'fake'}
+
+        def get(api, context, image_id, include_locations=False,
+                show_deleted=True):
+            if image_id != IMAGE_ID:
+                raise exception.ImageNotFound(image_id=image_id)
+            return copy.deepcopy(meta)
+
+        def download(api, context, image_id, data=None, dest_path=None,
+                     trusted_certs=None):
+            if image_id != IMAGE_ID:
+                raise exception.ImageNotFound(image_id=image_id)
+            if dest_path:
+                shutil.copyfile(image, dest_path)
+                return None
+            with open(image, 'rb') as f:
+                chunks = iter(lambda: f.read(MiB), b'')
+                if data is None:
+                    return list(chunks)
+                for chunk in chunks:
+                    data.write(chunk)
+            return None
+
+        self.stub_out('nova.image.glance.API.get', get)
+        self.stub_out('nova.image.glance.API.download', download)
+
+    # -- helpers ---------------------------------------------------------
+
+    def _instance(self):
+        values = test_driver._create_test_instance()
+        flavor = values['flavor']
+        flavor.root_gb, flavor.ephemeral_gb, flavor.swap = 1, 1, 32
+        values.update(root_gb=1, ephemeral_gb=1, config_drive='True',
+                      host=CONF.host, node='fake-node',
+                      # What the compute manager sets before spawn, and
+                      # the metadata the config drive reads.
+                      root_device_name='/dev/vda',
+                      default_ephemeral_device='/dev/vdb',
+                      default_swap_device='/dev/vdc', metadata={},
+                      key_data=None, key_name=None, launch_index=0,
+                      hostname='scenario', reservation_id='r-scenario',
+                      availability_zone=None, user_data=None,
+                      display_description=None, launched_at=None,
+                      security_groups=objects.SecurityGroupList(),
+                      keypairs=objects.KeyPairList(), tags=objects.TagList(),
+                      device_metadata=None, services=objects.ServiceList())
+        values['uuid'] = INSTANCE_UUID
+        values['info_cache'] = objects.InstanceInfoCache(
+            network_info=network_model.NetworkInfo([]))
+        instance = objects.Instance(**values)
+        instance.ec2_ids = objects.EC2Ids(
+            instance_id='i-00000001', ami_id='ami-00000001',
+            kernel_id=None, ramdisk_id=None)
+        instance.old_flavor = None
+        instance.new_flavor = None
+        return instance
+
+    def _run(self, name, func):
+        """Run one scenario step; record its result or exception."""
+        entry = RESULTS[self.backend].setdefault(name, {})
+        try:
+            result = func()
+        except Exception as e:
+            entry['call'] = error_of(e)
+            return None
+        entry['call'] = 'ok'
+        return result
+
+    def _record(self, name, **fields):
+        RESULTS[self.backend].setdefault(name, {}).update(
+            self.paths(fields))
+
+    # -- the scenarios -----------------------------------------------------
+
+    def test_scenarios(self):
+        RESULTS[self.backend] = {}
+        drvr = self._run('construct', lambda: libvirt_driver.LibvirtDriver(
+            fake.FakeVirtAPI(), False))
+        if drvr is None:
+            return
+        self._record('construct',
+                     result=type(drvr.image_backend).__module__)
+        xmls = self.xmls = []
+        real_get_guest_xml = drvr._get_guest_xml
+
+        def get_guest_xml(*args, **kwargs):
+            xml = real_get_guest_xml(*args, **kwargs)
+            xmls.append(xml)
+            return xml
+        drvr._get_guest_xml = get_guest_xml
+
+        instance = self._instance()
+        image_meta = objects.ImageMeta.from_dict(
+            {'id': IMAGE_ID, 'disk_format': 'qcow2', 'properties': {}})
+        network_info = network_model.NetworkInfo([])
+        injection_info = libvirt_driver.InjectionInfo(
+            network_info=network_info, files=[], admin_pass=None)
+        disk_info = blockinfo.get_disk_info('kvm', instance, image_meta)
+
+        def create():
+            # spawn()'s disk steps: images, XML, the domain defined (on
+            # fakelibvirt), then the config drive as its post-XML callback.
+            drvr._create_image(self.context, instance, disk_info['mapping'],
+                               injection_info=injection_info)
+            xml = drvr._get_guest_xml(self.context, instance, network_info,
+                                      disk_info, image_meta)
+            drvr._create_guest_with_network(
+                self.context, xml, instance, network_info, None,
+                power_on=True, vifs_already_plugged=True,
+                post_xml_callback=lambda: drvr._create_configdrive(
+                    self.context, instance, injection_info))
+            return xml
+        xml = self._run('create', create)
+        if xml is None:
+            return
+        self._run_define('create', xml)
+        self._record('create', disks=describe_xml(xml),
+                     files=sorted(os.listdir(
+                         libvirt_utils.get_instance_path(instance))))
+
+        self._pre_live_migration(drvr, instance, xml)
+        self._resize(drvr, instance, image_meta, network_info)
+        self._run('cleanup_resize', lambda: drvr._cleanup_resize(
+            self.context, instance, network_info))
+        inst_dir = libvirt_utils.get_instance_path(instance)
+        self._record('cleanup_resize',
+                     result=os.path.exists(inst_dir + '_resize'),
+                     files=sorted(os.listdir(inst_dir)))
+        self._rescue(drvr, instance, image_meta, network_info, xmls)
+        on_disk = self._run('instance_on_disk',
+                            lambda: drvr.instance_on_disk(instance))
+        self._record('instance_on_disk', result=on_disk)
+
+    def _pre_live_migration(self, drvr, instance, xml):
+        guest_config = vconfig.LibvirtConfigGuest()
+        guest_config.parse_str(xml)
+        # What Nova's source host sends (get_instance_disk_info).
+        disk_info = drvr._get_instance_disk_info_from_config(
+            guest_config, None)
+        migrate_data = objects.LibvirtLiveMigrateData(
+            is_shared_block_storage=False, is_shared_instance_path=False,
+            block_migration=True, instance_relative_path=instance.uuid,
+            serial_listen_addr=None, graphics_listen_addr_vnc='127.0.0.1',
+            graphics_listen_addr_spice='127.0.0.1')
+        self.flags(instances_path=self.dest)
+        try:
+            self._run('pre_live_migration', lambda: drvr.pre_live_migration(
+                self.context, instance, None, network_model.NetworkInfo([]),
+                json.dumps(disk_info), migrate_data))
+            dest_dir = libvirt_utils.get_instance_path(instance)
+            self._record('pre_live_migration', source_disk_info=disk_info,
+                         disks=describe_disk_info(dest_dir, disk_info),
+                         files=sorted(os.listdir(dest_dir))
+                         if os.path.isdir(dest_dir) else None)
+        finally:
+            self.flags(instances_path=self.src)
+
+    def _resize(self, drvr, instance, image_meta, network_info):
+        new_flavor = copy.deepcopy(instance.flavor)
+        new_flavor.root_gb, new_flavor.ephemeral_gb = 2, 2
+        new_flavor.id, new_flavor.flavorid = 3, '2'
+        migration = objects.Migration(
+            source_compute=CONF.host, dest_compute=CONF.host,
+            source_node='fake-node', dest_node='fake-node',
+            migration_type='resize', status='migrating')
+
+        def resize():
+            disk_info = drvr.migrate_disk_and_power_off(
+                self.context, instance, CONF.my_ip, new_flavor, network_info)
+            self._record('resize', source_disk_info=json.loads(disk_info),
+                         tree_before=tree(libvirt_utils.get_instance_path(
+                             instance)))
+            # The compute manager's finish_resize before the driver's.
+            instance.old_flavor = instance.flavor
+            instance.new_flavor = new_flavor
+            instance.flavor = new_flavor
+            instance.root_gb, instance.ephemeral_gb = 2, 2
+            drvr.finish_migration(
+                self.context, migration, instance, disk_info, network_info,
+                image_meta, True, {}, None, power_on=False)
+        before = len(self.xmls)
+        self._run('resize', resize)
+        xmls = self.xmls
+        if len(xmls) > before:
+            xml = xmls[-1]
+            self._run_define('resize', xml)
+            self._record('resize', disks=describe_xml(xml))
+
+    def _run_define(self, name, xml):
+        try:
+            define_on_test_driver(xml)
+        except Exception as e:
+            self._record(name, define=error_of(e))
+        else:
+            self._record(name, define='ok')
+
+    def _rescue(self, drvr, instance, image_meta, network_info, xmls):
+        before = len(xmls)
+        self._run('rescue', lambda: drvr.rescue(
+            self.context, instance, network_info, image_meta, None, None,
+            None))
+        if len(xmls) > before:
+            xml = xmls[-1]
+            self._run_define('rescue', xml)
+            self._record('rescue', disks=describe_xml(xml), files=sorted(
+                os.listdir(libvirt_utils.get_instance_path(instance))))
+
+
+def main() -> int:
+    import unittest
+    for backend in ARGS.backends.split(','):
+        case_class = type(f'DriverScenarios_{backend}', (DriverScenarios,),
+                          {'backend': backend})
+        case = case_class('test_scenarios')
+        result = unittest.TestResult()
+        case.run(result)
+        for _, tb in result.errors + result.failures:
+            RESULTS.setdefault(backend, {})['harness_error'] = tb[-3000:]
+            print(tb, file=sys.stderr)
+    with open(ARGS.json, 'w') as f:
+        json.dump(RESULTS, f, indent=1, sort_keys=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
