@@ -17,6 +17,11 @@ try:  # tests/ is a package
 except ImportError:  # tests/ is a plain directory on sys.path
     import hosts
     import skipguard
+# The real Ceph cluster, registered here, once, for every directory that
+# uses it (tests/functional, tests/nova): a session fixture imported into
+# several modules is a separate fixture in each, and each would start its
+# own cluster.
+from tests.functional.ceph_env import ceph_cluster  # noqa: E402,F401
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -15,9 +15,8 @@ import pytest
 
 from imagebackend import processes
 from tests.hosts import GiB, Instance, MiB  # noqa: F401 (re-exported)
-# Registered here, once: a session fixture imported into several modules
-# is a separate fixture in each, and each would start its own cluster.
-from tests.functional.ceph_env import ceph_cluster  # noqa: F401 (fixture)
+# The Ceph cluster fixture (ceph_cluster) is registered once, in
+# tests/conftest.py.
 
 
 def pytest_collection_modifyitems(config, items):
