@@ -3,7 +3,8 @@
 Run with the Nova virtualenv (.venv-nova/bin/python, PYTHONPATH=<repo root>):
 
     python tests/nova/nova_driver_scenarios.py [--own] --json OUT \
-        [--backends flat,qcow2,ploop] [--lvm-vg VG] [--rbd-conf CONF ...]
+        [--backends flat,qcow2,ploop] [--instance-uuid UUID] \
+        [--lvm-vg VG] [--rbd-conf CEPH_CONF --rbd-pool POOL]
 
 Without ``--own`` the library's face (imagebackend.nova) is put in place of
 ``nova.virt.libvirt.imagebackend`` by imagebackend.nova_swap.install()
@@ -12,21 +13,25 @@ module runs (the baseline the face is compared with).
 
 Nova's driver is built as Nova's unit tests build it (nova.test.NoDBTestCase,
 ``LibvirtFixture``/fakelibvirt, privsep in-process through
-``PrivsepFixture``), on a real instances_path in a temp dir. Only the Glance
-API (its download writes a real qcow2 image made by qemu-img), DB writes of
-the instance and the network (empty) are stubbed; every disk is made by the
-image backend with the real qemu-img, mkfs, mkswap, genisoimage and cp.
+``PrivsepFixture``), on a real instances_path in a temp dir. Only Glance
+(its download writes a real qcow2 image made by qemu-img), the instance's
+DB reads and writes (save, its BDMs, VIFs, share mappings, EC2 ids) and
+Neutron's security groups are stubbed; the network is empty. Every disk is
+made by the image backend with the real qemu-img, cp, mkfs, mkswap,
+genisoimage, ploop, LVM or Ceph.
 
 For each backend, one instance goes through, in order:
 
 * ``construct``: ``LibvirtDriver(FakeVirtAPI(), False)``;
-* ``create``: ``_create_image`` (root from the image, ephemeral, swap),
-  ``_create_configdrive``, ``_get_guest_xml``, the XML defined on libvirt's
-  real test driver (``test:///default``, the real libvirt module, not the
-  fakelibvirt Nova's fixture installs);
+* ``create``: spawn's disk steps: ``_create_image`` (root from the image,
+  ephemeral, swap), ``_get_guest_xml``, ``_create_guest_with_network`` (on
+  fakelibvirt) with ``_create_configdrive`` as its post-XML callback; the
+  XML is then defined on libvirt's real test driver (``test:///default``,
+  the real libvirt module, not the fakelibvirt Nova's fixture installs);
 * ``pre_live_migration``: ``pre_live_migration`` (so
   ``_create_images_and_backing``) on a second host's instances_path, with
-  the disk_info Nova's source sends (``_get_instance_disk_info_from_config``);
+  the disk_info Nova's source sends (``_get_instance_disk_info_from_config``)
+  and is_shared_block_storage as the source decides it;
 * ``resize``: ``migrate_disk_and_power_off`` (same host) then
   ``finish_migration`` with a bigger flavor, its XML defined on test:///;
 * ``cleanup_resize``: ``_cleanup_resize``;
@@ -34,15 +39,19 @@ For each backend, one instance goes through, in order:
   defined on test:///;
 * ``instance_on_disk``.
 
-Writes JSON: {backend: {scenario: {'call': 'ok' | {'error', 'message'},
-'result', 'disks': {name: {'info': qemu-img info, 'xml': <disk>}}}}} with
-the temp paths replaced by $INSTANCES / $DEST / $WORK.
+Writes JSON: {backend: {'image': {'sha256'}, scenario: {'call': 'ok' |
+{'error', 'message', 'traceback'}, 'define', 'result', 'files', 'disks':
+{name: {'info': qemu-img info (+ 'data-sha256' of the first 64 MiB the
+guest reads, for disks made from the image), 'xml': <disk>}}}}} with the
+temp paths replaced by $INSTANCES / $DEST / $WORK, the instance's uuid by
+$UUID, the volume group by $VG.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -64,10 +73,11 @@ def parse_args(argv=None):
                         help="Nova's own module (baseline)")
     parser.add_argument('--json', required=True, help='write results here')
     parser.add_argument('--backends', default='flat,qcow2,ploop')
+    parser.add_argument('--instance-uuid', default=INSTANCE_UUID,
+                        help='(two runs sharing a VG or pool differ here)')
     parser.add_argument('--lvm-vg', help='[libvirt] images_volume_group')
     parser.add_argument('--rbd-conf', help='[libvirt] images_rbd_ceph_conf')
     parser.add_argument('--rbd-pool', help='[libvirt] images_rbd_pool')
-    parser.add_argument('--rbd-user', help='[libvirt] rbd_user')
     return parser.parse_args(argv)
 
 
@@ -105,17 +115,20 @@ def qemu_img(*args) -> str:
                           capture_output=True, text=True).stdout
 
 
-def make_image(work: str) -> str:
-    """A real qcow2 image with some data, as Glance would serve it."""
+def make_image(work: str) -> tuple[str, str]:
+    """A real qcow2 image with some data, as Glance would serve it; and
+    the sha256 of its guest-visible bytes."""
     raw = os.path.join(work, 'image.raw')
     with open(raw, 'wb') as f:
         f.truncate(IMAGE_MB * MiB)
         f.seek(MiB)
         f.write(b'imagebackend nova driver scenario\n' * 100)
+    with open(raw, 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
     path = os.path.join(work, 'image.qcow2')
     qemu_img('convert', '-f', 'raw', '-O', 'qcow2', raw, path)
     os.unlink(raw)
-    return path
+    return path, digest
 
 
 class Paths:
@@ -125,7 +138,8 @@ class Paths:
         self.subst: list[tuple[str, str]] = []
 
     def add(self, path, name):
-        self.subst.append((os.path.realpath(path), name))
+        if os.path.isabs(path):
+            self.subst.append((os.path.realpath(path), name))
         self.subst.append((path, name))
         self.subst.sort(key=lambda s: -len(s[0]))
 
@@ -145,9 +159,27 @@ def disk_elements(xml: str) -> list[ET.Element]:
     return ET.fromstring(xml).findall('./devices/disk')
 
 
+def guest_sha256(spec: str, fmt: str) -> str:
+    """sha256 of the first IMAGE_MB MiB the guest reads from a disk."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, 'head.raw')
+        qemu_img('dd', '-f', fmt, '-O', 'raw', 'bs=1M', f'count={IMAGE_MB}',
+                 f'if={spec}', f'of={out}')
+        with open(out, 'rb') as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+
+def made_from_image(name: str) -> bool:
+    """Is this disk made from the image (the guest must read the image's
+    bytes there)? File names 'disk', 'disk.rescue'; LVs and RBD images
+    '<uuid>_disk', '<uuid>_disk.rescue'."""
+    return name.rsplit('_', 1)[-1] in ('disk', 'disk.rescue')
+
+
 def qemu_info(path: str, fmt: str) -> dict:
     """``qemu-img info`` of a disk as its XML describes it."""
     extra = {}
+    from_image = made_from_image(os.path.basename(path))
     if fmt == 'ploop':
         # A ploop disk is a directory: root.hds, whose format its
         # DiskDescriptor.xml gives (Plain: raw; else parallels).
@@ -175,7 +207,36 @@ def qemu_info(path: str, fmt: str) -> dict:
     for volatile in ('actual-size', 'dirty-flag', 'children', 'cluster-size',
                      'format-specific'):
         info.pop(volatile, None)
+    if from_image:
+        info['data-sha256'] = guest_sha256(path, fmt)
     return dict(info, **extra)
+
+
+def rbd_info(name: str) -> dict:
+    """What ``rbd info`` says of an RBD disk, in qemu-img info's terms."""
+    try:
+        out = subprocess.run(
+            ['rbd', '--conf', ARGS.rbd_conf, 'info', '--format', 'json',
+             name], check=True, capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError as e:
+        return {'error': e.stderr.strip()}
+    info = json.loads(out)
+    parent = info.get('parent') or {}
+    view = {'format': 'raw', 'virtual-size': info['size']}
+    if parent:
+        view['backing-filename'] = '{pool}/{image}@{snapshot}'.format(
+            **parent)
+    if made_from_image(name):
+        # librbd, read-only (this qemu-img has no rbd driver).
+        import rados
+        import rbd
+        pool, image = name.split('/', 1)
+        with rados.Rados(conffile=ARGS.rbd_conf) as cluster:
+            with cluster.open_ioctx(pool) as ioctx:
+                with rbd.Image(ioctx, image, read_only=True) as disk:
+                    head = disk.read(0, min(IMAGE_MB * MiB, disk.size()))
+        view['data-sha256'] = hashlib.sha256(head).hexdigest()
+    return view
 
 
 def describe_xml(xml: str) -> dict:
@@ -192,6 +253,8 @@ def describe_xml(xml: str) -> dict:
         entry = {'xml': ET.tostring(el, encoding='unicode').strip()}
         if path and fmt:
             entry['info'] = qemu_info(path, fmt)
+        elif source is not None and source.get('protocol') == 'rbd':
+            entry['info'] = rbd_info(source.get('name'))
         disks[target] = entry
     return disks
 
@@ -250,6 +313,9 @@ class DriverScenarios(test.NoDBTestCase):
         self.paths.add(self.src, '$INSTANCES')
         self.paths.add(self.dest, '$DEST')
         self.paths.add(self.work, '$WORK')
+        self.paths.add(ARGS.instance_uuid, '$UUID')
+        if ARGS.lvm_vg:
+            self.paths.add(ARGS.lvm_vg, '$VG')
         self.flags(instances_path=self.src)
         self.flags(lock_path=os.path.join(self.work, 'locks'),
                    group='oslo_concurrency')
@@ -264,8 +330,6 @@ class DriverScenarios(test.NoDBTestCase):
             self.flags(images_rbd_ceph_conf=ARGS.rbd_conf, group='libvirt')
         if ARGS.rbd_pool:
             self.flags(images_rbd_pool=ARGS.rbd_pool, group='libvirt')
-        if ARGS.rbd_user:
-            self.flags(rbd_user=ARGS.rbd_user, group='libvirt')
         self.useFixture(nova_fixtures.LibvirtFixture())
         self.useFixture(nova_fixtures.CGroupsFixture())
         self.useFixture(nova_fixtures.PrivsepFixture())
@@ -292,7 +356,8 @@ class DriverScenarios(test.NoDBTestCase):
         self.context = nova_context.get_admin_context()
 
     def _stub_glance(self):
-        image = make_image(self.work)
+        image, digest = make_image(self.work)
+        RESULTS.setdefault(self.backend, {})['image'] = {'sha256': digest}
         virtual_size = IMAGE_MB * MiB
         meta = {'id': IMAGE_ID, 'name': 'scenario', 'status': 'active',
                 'disk_format': 'qcow2', 'container_format': 'bare',
@@ -344,7 +409,7 @@ class DriverScenarios(test.NoDBTestCase):
                       security_groups=objects.SecurityGroupList(),
                       keypairs=objects.KeyPairList(), tags=objects.TagList(),
                       device_metadata=None, services=objects.ServiceList())
-        values['uuid'] = INSTANCE_UUID
+        values['uuid'] = ARGS.instance_uuid
         values['info_cache'] = objects.InstanceInfoCache(
             network_info=network_model.NetworkInfo([]))
         instance = objects.Instance(**values)
@@ -373,7 +438,6 @@ class DriverScenarios(test.NoDBTestCase):
     # -- the scenarios -----------------------------------------------------
 
     def test_scenarios(self):
-        RESULTS[self.backend] = {}
         drvr = self._run('construct', lambda: libvirt_driver.LibvirtDriver(
             fake.FakeVirtAPI(), False))
         if drvr is None:
@@ -437,8 +501,11 @@ class DriverScenarios(test.NoDBTestCase):
         # What Nova's source host sends (get_instance_disk_info).
         disk_info = drvr._get_instance_disk_info_from_config(
             guest_config, None)
+        # As the source's check_can_live_migrate_source decides it for a
+        # destination on the same images_type.
+        shared_block = drvr.image_backend.backend().is_shared_block_storage()
         migrate_data = objects.LibvirtLiveMigrateData(
-            is_shared_block_storage=False, is_shared_instance_path=False,
+            is_shared_block_storage=shared_block, is_shared_instance_path=False,
             block_migration=True, instance_relative_path=instance.uuid,
             serial_listen_addr=None, graphics_listen_addr_vnc='127.0.0.1',
             graphics_listen_addr_spice='127.0.0.1')
@@ -464,6 +531,10 @@ class DriverScenarios(test.NoDBTestCase):
             source_node='fake-node', dest_node='fake-node',
             migration_type='resize', status='migrating')
 
+        # The compute manager's prep_resize.
+        instance.old_flavor = instance.flavor
+        instance.new_flavor = new_flavor
+
         def resize():
             disk_info = drvr.migrate_disk_and_power_off(
                 self.context, instance, CONF.my_ip, new_flavor, network_info)
@@ -471,8 +542,6 @@ class DriverScenarios(test.NoDBTestCase):
                          tree_before=tree(libvirt_utils.get_instance_path(
                              instance)))
             # The compute manager's finish_resize before the driver's.
-            instance.old_flavor = instance.flavor
-            instance.new_flavor = new_flavor
             instance.flavor = new_flavor
             instance.root_gb, instance.ephemeral_gb = 2, 2
             drvr.finish_migration(
