@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from castellan import key_manager  # noqa: F401  (Nova's tests patch it here)
+from castellan import key_manager
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_service import loopingcall
@@ -48,11 +48,13 @@ from nova.virt.disk import api as disk  # noqa: F401
 from nova.virt.image import model as imgmodel
 from nova.virt import images  # noqa: F401
 from nova.virt.libvirt import config as vconfig
-from nova.virt.libvirt.storage import dmcrypt  # noqa: F401
 from nova.virt.libvirt.storage import lvm  # noqa: F401
 from nova.virt.libvirt import utils as libvirt_utils  # noqa: F401
 
 from imagebackend import backend as lib_backend
+# The library's dm-crypt commands, under the name Nova's tests patch (same
+# functions and signatures as nova.virt.libvirt.storage.dmcrypt).
+from imagebackend import dmcrypt  # noqa: F401
 from imagebackend import exception as lib_exception
 from imagebackend import image as lib_image
 from imagebackend import names
@@ -82,6 +84,9 @@ def _nova_error(e: lib_exception.ImageBackendError) -> Exception | None:
     if isinstance(e, lib_exception.ImageUnacceptable):
         return exception.ImageUnacceptable(image_id=kw.get('image_id'),
                                            reason=str(e))
+    if isinstance(e, lib_exception.EncryptionError):
+        # Nova's Image and Lvm raise InternalError for each of these.
+        return exception.InternalError(str(e))
     if isinstance(e, lib_exception.CorruptRecord):
         return exception.InvalidDiskInfo(reason=str(e))
     if isinstance(e, lib_exception.UnknownBackend):
@@ -244,10 +249,19 @@ class _LibraryBackend(lib_backend.Backend):
         return _FACE_CLASSES[self._type(image_type)]
 
 
+class _KeyManager:
+    """Castellan's key manager on Nova's config, made on first use (as
+    Nova's Lvm makes it only for an instance with an ephemeral key)."""
+
+    def get(self, context, key_uuid):
+        return key_manager.API(CONF).get(context, key_uuid)
+
+
 def _library(use_cow: bool | None = None) -> _LibraryBackend:
     # Read per call: Nova (and its tests) change instances_path and the
     # image options while the process runs.
-    return _LibraryBackend(use_cow, conf=CONF, source=GlanceImageSource())
+    return _LibraryBackend(use_cow, conf=CONF, source=GlanceImageSource(),
+                           key_manager=_KeyManager())
 
 
 # -- the classes Nova knows ------------------------------------------------------

@@ -74,3 +74,30 @@ def test_backend_returns_novas_classes_and_nova_errors():
     ''')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'unknown: Unknown image_type=nope' in proc.stdout
+
+
+def test_encryption_required_is_novas_internal_error_never_a_plain_disk(
+        tmp_path):
+    proc = run_nova(f'''
+        import imagebackend.nova_swap
+        face = imagebackend.nova_swap.install()
+        from nova import exception, objects
+        import nova.conf
+        CONF = nova.conf.CONF
+        objects.register_all()
+        CONF.set_override('instances_path', {str(tmp_path)!r})
+        CONF.set_override('enabled', True, 'ephemeral_storage_encryption')
+        instance = objects.Instance(
+            uuid='8b1e2a5c-3f0d-4c51-9a4e-5d6f7a8b9c0d')
+        for name in ('disk', 'disk.local', 'disk.swap'):
+            try:
+                face.Qcow2(instance, name)
+            except exception.InternalError as e:
+                print('refused', name)
+        face.Flat(instance, 'disk.config')    # Nova's loophole, kept
+        print('config drive ok')
+    ''')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split('\n')[:4] == [
+        'refused disk', 'refused disk.local', 'refused disk.swap',
+        'config drive ok']
