@@ -120,10 +120,10 @@ def _mapped(owner: type, name: str):
     return method
 
 
-def _map_errors(cls: type, library_cls: type, names) -> None:
-    """Give ``cls`` an error-mapping ``name`` for each of ``names`` that
+def _map_errors(cls: type, library_cls: type, calls) -> None:
+    """Give ``cls`` an error-mapping ``name`` for each of ``calls`` that
     ``library_cls`` has and ``cls`` does not define itself."""
-    for name in names:
+    for name in calls:
         if hasattr(library_cls, name) and name not in cls.__dict__:
             setattr(cls, name, _mapped(cls, name))
 

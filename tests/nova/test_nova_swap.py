@@ -101,3 +101,36 @@ def test_encryption_required_is_novas_internal_error_never_a_plain_disk(
     assert proc.stdout.split('\n')[:4] == [
         'refused disk', 'refused disk.local', 'refused disk.swap',
         'config drive ok']
+
+
+def test_disk_smaller_than_its_image_fails_the_build_as_nova_says(tmp_path):
+    # Nova's compute manager fails a build on FlavorDiskSmallerThanImage and
+    # reschedules on anything else: the library's DiskTooSmall must leave
+    # the face as Nova's type, with the library's error as its cause.
+    proc = run_nova(f'''
+        import imagebackend.nova_swap
+        face = imagebackend.nova_swap.install()
+        from imagebackend import exception as lib_exception
+        from nova import exception, objects
+        import nova.conf
+        CONF = nova.conf.CONF
+        objects.register_all()
+        CONF.set_override('instances_path', {str(tmp_path)!r})
+        instance = objects.Instance(
+            uuid='8b1e2a5c-3f0d-4c51-9a4e-5d6f7a8b9c0d')
+
+        def fetch(target, *args, **kwargs):
+            with open(target, 'wb') as f:
+                f.truncate(4 * 1024 * 1024)
+
+        disk = face.Backend(use_cow=True).by_name(instance, 'disk')
+        try:
+            disk.cache(fetch, 'base', 1024 * 1024, image_id='base')
+        except exception.FlavorDiskSmallerThanImage as e:
+            assert isinstance(e.__cause__, lib_exception.DiskTooSmall)
+            print('refused:', e.kwargs['flavor_size'], e.kwargs['image_size'])
+        print('made:', disk.exists())
+    ''')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split('\n')[:2] == ['refused: 1048576 4194304',
+                                          'made: False']
