@@ -4,7 +4,8 @@ Run with the Nova virtualenv (.venv-nova/bin/python, PYTHONPATH=<repo root>):
 
     python tests/nova/nova_driver_scenarios.py [--own] --json OUT \
         [--backends flat,qcow2,ploop] [--instance-uuid UUID] \
-        [--lvm-vg VG] [--rbd-conf CEPH_CONF --rbd-pool POOL]
+        [--lvm-vg VG] [--rbd-conf CEPH_CONF --rbd-pool POOL] \
+        [--stage make|finish --dir DIR]
 
 Without ``--own`` the library's face (imagebackend.nova) is put in place of
 ``nova.virt.libvirt.imagebackend`` by imagebackend.nova_swap.install()
@@ -38,6 +39,13 @@ For each backend, one instance goes through, in order:
 * ``rescue``: ``rescue`` (``_create_image`` with suffix '.rescue'), its XML
   defined on test:///;
 * ``instance_on_disk``.
+
+Mixed hosts (``--stage make`` then ``--stage finish`` on one ``--dir``, each
+run on either module): ``make`` runs construct and create only and leaves
+the instance directory (and the domain's XML) in DIR/<backend>; ``finish``
+takes it up: it defines that domain again on its fakelibvirt (the host's
+libvirt would still hold it), then ``resize`` as above and
+``instance_on_disk``; it records the files it found as ``taken_up``.
 
 Writes JSON: {backend: {'image': {'sha256'}, scenario: {'call': 'ok' |
 {'error', 'message', 'traceback'}, 'define', 'result', 'files', 'disks':
@@ -78,7 +86,18 @@ def parse_args(argv=None):
     parser.add_argument('--lvm-vg', help='[libvirt] images_volume_group')
     parser.add_argument('--rbd-conf', help='[libvirt] images_rbd_ceph_conf')
     parser.add_argument('--rbd-pool', help='[libvirt] images_rbd_pool')
-    return parser.parse_args(argv)
+    parser.add_argument('--stage', choices=('all', 'make', 'finish'),
+                        default='all',
+                        help="mixed hosts: 'make' only creates the "
+                        "instance in --dir and leaves it; 'finish' resizes "
+                        "the instance a 'make' run left there")
+    parser.add_argument('--dir', help="the work directory a 'make' run "
+                        "leaves and a 'finish' run takes up (one "
+                        "subdirectory per backend)")
+    args = parser.parse_args(argv)
+    if (args.stage == 'all') != (args.dir is None):
+        parser.error("--dir goes with --stage make or finish")
+    return args
 
 
 ARGS = parse_args()
@@ -304,11 +323,15 @@ class DriverScenarios(test.NoDBTestCase):
 
     def setUp(self):
         super().setUp()
-        self.work = self.useFixture(fixtures.TempDir()).path
+        if ARGS.dir:
+            # Mixed hosts: the instance outlives this process.
+            self.work = os.path.join(os.path.abspath(ARGS.dir), self.backend)
+        else:
+            self.work = self.useFixture(fixtures.TempDir()).path
         self.src = os.path.join(self.work, 'instances')
         self.dest = os.path.join(self.work, 'dest')
-        os.mkdir(self.src)
-        os.mkdir(self.dest)
+        os.makedirs(self.src, exist_ok=True)
+        os.makedirs(self.dest, exist_ok=True)
         self.paths = Paths()
         self.paths.add(self.src, '$INSTANCES')
         self.paths.add(self.dest, '$DEST')
@@ -457,6 +480,9 @@ class DriverScenarios(test.NoDBTestCase):
         image_meta = objects.ImageMeta.from_dict(
             {'id': IMAGE_ID, 'disk_format': 'qcow2', 'properties': {}})
         network_info = network_model.NetworkInfo([])
+        if ARGS.stage == 'finish':
+            self._finish(drvr, instance, image_meta, network_info)
+            return
         injection_info = libvirt_driver.InjectionInfo(
             network_info=network_info, files=[], admin_pass=None)
         disk_info = blockinfo.get_disk_info('kvm', instance, image_meta)
@@ -481,6 +507,11 @@ class DriverScenarios(test.NoDBTestCase):
         self._record('create', disks=describe_xml(xml),
                      files=sorted(os.listdir(
                          libvirt_utils.get_instance_path(instance))))
+        if ARGS.stage == 'make':
+            # The host's libvirt keeps the domain: the 'finish' run finds it.
+            with open(os.path.join(self.work, 'domain.xml'), 'w') as f:
+                f.write(xml)
+            return
 
         self._pre_live_migration(drvr, instance, xml)
         self._resize(drvr, instance, image_meta, network_info)
@@ -491,6 +522,22 @@ class DriverScenarios(test.NoDBTestCase):
                      result=os.path.exists(inst_dir + '_resize'),
                      files=sorted(os.listdir(inst_dir)))
         self._rescue(drvr, instance, image_meta, network_info, xmls)
+        on_disk = self._run('instance_on_disk',
+                            lambda: drvr.instance_on_disk(instance))
+        self._record('instance_on_disk', result=on_disk)
+
+    def _finish(self, drvr, instance, image_meta, network_info):
+        """Mixed hosts: take up the instance a 'make' run left (perhaps
+        on the other module), resize it to the bigger flavor, define its
+        XML, ask instance_on_disk."""
+        inst_dir = libvirt_utils.get_instance_path(instance)
+        self._record('taken_up', files=sorted(os.listdir(inst_dir)))
+        # The domain the 'make' run left in the host's libvirt (a fresh
+        # fakelibvirt here), as the host's libvirt would still hold it.
+        with open(os.path.join(self.work, 'domain.xml')) as f:
+            drvr._host.get_connection().defineXML(f.read()).create()
+        self._resize(drvr, instance, image_meta, network_info)
+        self._record('resize', files=sorted(os.listdir(inst_dir)))
         on_disk = self._run('instance_on_disk',
                             lambda: drvr.instance_on_disk(instance))
         self._record('instance_on_disk', result=on_disk)
