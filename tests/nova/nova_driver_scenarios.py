@@ -258,6 +258,44 @@ def rbd_info(name: str) -> dict:
     return view
 
 
+# Mixed hosts: what the guest writes on the first host and must read back
+# after the other host's resize (1 MiB of 0x5a, past the image's bytes and
+# clear of a 1 GiB ext4's metadata).
+GUEST_WRITE = ('0x5a', 1000 * MiB, MiB)
+GUEST_DISKS = ('vda', 'vdb')
+
+
+def guest_file(path: str, fmt: str) -> tuple[str, str]:
+    """The file and qemu format the guest's I/O goes to for a disk."""
+    if fmt != 'ploop' or not os.path.isdir(path):
+        return path, 'raw' if fmt == 'ploop' else fmt
+    kind = ET.parse(os.path.join(path, 'DiskDescriptor.xml')).findtext(
+        './/Storage/Image/Type')
+    return (os.path.join(path, 'root.hds'),
+            'raw' if kind == 'Plain' else 'parallels')
+
+
+def guest_io(xml: str, op: str) -> dict:
+    """The guest writes GUEST_WRITE to, or reads and checks it from, each
+    of GUEST_DISKS of a domain (qemu-io through the disk's format)."""
+    pattern, offset, length = GUEST_WRITE
+    done = {}
+    for el in disk_elements(xml):
+        target = el.find('target').get('dev')
+        if target not in GUEST_DISKS:
+            continue
+        path, fmt = guest_file(el.find('source').get('file'),
+                               el.find('driver').get('type'))
+        run = subprocess.run(
+            ['qemu-io', '-f', fmt, '-c',
+             f'{op} -P {pattern} {offset} {length}', path],
+            capture_output=True, text=True)
+        out = run.stdout + run.stderr
+        done[target] = (run.returncode == 0 and 'fail' not in out.lower()
+                        or out.strip()[-300:])
+    return done
+
+
 def describe_xml(xml: str) -> dict:
     """Each <disk> of a domain XML with qemu-img info of its file."""
     disks = {}
@@ -508,6 +546,7 @@ class DriverScenarios(test.NoDBTestCase):
                      files=sorted(os.listdir(
                          libvirt_utils.get_instance_path(instance))))
         if ARGS.stage == 'make':
+            self._record('create', guest_wrote=guest_io(xml, 'write'))
             # The host's libvirt keeps the domain: the 'finish' run finds it.
             with open(os.path.join(self.work, 'domain.xml'), 'w') as f:
                 f.write(xml)
@@ -538,6 +577,8 @@ class DriverScenarios(test.NoDBTestCase):
             drvr._host.get_connection().defineXML(f.read()).create()
         self._resize(drvr, instance, image_meta, network_info)
         self._record('resize', files=sorted(os.listdir(inst_dir)))
+        if self.xmls:
+            self._record('resize', guest_read=guest_io(self.xmls[-1], 'read'))
         on_disk = self._run('instance_on_disk',
                             lambda: drvr.instance_on_disk(instance))
         self._record('instance_on_disk', result=on_disk)

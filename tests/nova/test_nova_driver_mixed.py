@@ -104,6 +104,10 @@ def test_instance_made_on_one_module_resized_on_the_other(
     assert finished['instance_on_disk']['result'] is True
     # What the other module left is what this one took up.
     assert finished['taken_up']['files'] == made['create']['files']
+    # What the guest wrote to its root and ephemeral disks on the first
+    # module, it reads back after the other module's resize.
+    assert made['create']['guest_wrote'] == {'vda': True, 'vdb': True}
+    assert finished['resize']['guest_read'] == {'vda': True, 'vdb': True}
 
 
 @pytest.mark.parametrize('direction,backend', params())
@@ -111,7 +115,8 @@ def test_resized_disks_are_what_the_bigger_flavor_asks(
         mixed, direction, backend):
     """2 GiB root with the image's data; the ephemeral as Nova's own
     resize leaves it (grown on flat, kept on qcow2 and ploop); 32 MiB
-    swap; each in the format its XML gives."""
+    swap; each in the format its XML gives (qemu-img info -f that format
+    reads it)."""
     results = mixed[direction]['finish'][backend]
     disks = results['resize']['disks']
     size = {disk: view['info'].get('virtual-size')
