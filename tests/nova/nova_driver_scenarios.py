@@ -3,7 +3,7 @@
 Run with the Nova virtualenv (.venv-nova/bin/python, PYTHONPATH=<repo root>):
 
     python tests/nova/nova_driver_scenarios.py [--own] --json OUT \
-        [--backends flat,qcow2,ploop] [--instance-uuid UUID] \
+        [--backends flat,qcow2,ploop,flat-qcow2] [--instance-uuid UUID] \
         [--lvm-vg VG] [--rbd-conf CEPH_CONF --rbd-pool POOL] \
         [--stage make|finish --dir DIR]
 
@@ -380,11 +380,15 @@ class DriverScenarios(test.NoDBTestCase):
         self.flags(instances_path=self.src)
         self.flags(lock_path=os.path.join(self.work, 'locks'),
                    group='oslo_concurrency')
-        self.flags(images_type=self.backend, virt_type='kvm',
+        # 'flat-qcow2': a flat host with force_raw_images off, whose root
+        # disk is the qcow2 image copied (only Nova's disk.info says so).
+        images_type = self.backend.split('-')[0]
+        self.flags(images_type=images_type, virt_type='kvm',
                    group='libvirt')
+        self.flags(force_raw_images=self.backend != 'flat-qcow2')
         # A flat host is a raw host: with use_cow_images on, Nova's
         # finish_migration converts its raw disks to qcow2 in place.
-        self.flags(use_cow_images=self.backend != 'flat')
+        self.flags(use_cow_images=images_type != 'flat')
         if ARGS.lvm_vg:
             self.flags(images_volume_group=ARGS.lvm_vg, group='libvirt')
         if ARGS.rbd_conf:

@@ -29,7 +29,15 @@ from tests.nova.test_nova_driver import (
     outcome, run_scenarios)
 from tests.nova.test_nova_unittests import NOVA_PYTHON
 
-BACKENDS = ('flat', 'qcow2', 'ploop')
+# 'flat-qcow2': flat with force_raw_images off, the root disk the qcow2
+# image copied; only Nova's disk.info tells its format.
+BACKENDS = ('flat', 'qcow2', 'ploop', 'flat-qcow2')
+# (root, ephemeral and swap) disk formats, as qemu-img info reads them.
+FORMATS = {'flat': ('raw', 'raw', 'raw'),
+           'qcow2': ('qcow2', 'qcow2', 'qcow2'),
+           'ploop': ('raw', 'raw', 'raw'),      # root.hds, Plain
+           'flat-qcow2': ('qcow2', 'raw', 'raw')}
+EPHEMERAL = dict(RESIZED_EPHEMERAL, **{'flat-qcow2': 2 * GiB})
 # direction -> (module that makes the instance, module that resizes it)
 DIRECTIONS = {
     'own-then-face': ('own', 'face'),
@@ -121,13 +129,12 @@ def test_resized_disks_are_what_the_bigger_flavor_asks(
     disks = results['resize']['disks']
     size = {disk: view['info'].get('virtual-size')
             for disk, view in disks.items()}
-    assert size == {'vda': 2 * GiB, 'vdb': RESIZED_EPHEMERAL[backend],
+    assert size == {'vda': 2 * GiB, 'vdb': EPHEMERAL[backend],
                     'vdc': 32 * MiB, 'hda': size['hda']}
     for disk, view in disks.items():
         info = view['info']
         assert 'error' not in info and 'missing' not in info, (disk, info)
-    fmt = {'flat': 'raw', 'qcow2': 'qcow2', 'ploop': 'raw'}[backend]
-    for disk in ('vda', 'vdb', 'vdc'):
+    for disk, fmt in zip(('vda', 'vdb', 'vdc'), FORMATS[backend]):
         assert disks[disk]['info']['format'] == fmt, disk
         # A raw disk holds no qcow2 header the guest would read.
         assert disks[disk]['info']['qcow2-magic'] == (fmt == 'qcow2')
