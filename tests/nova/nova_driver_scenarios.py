@@ -44,8 +44,8 @@ Mixed hosts (``--stage make`` then ``--stage finish`` on one ``--dir``, each
 run on either module): ``make`` runs construct and create only and leaves
 the instance directory (and the domain's XML) in DIR/<backend>; ``finish``
 takes it up: it defines that domain again on its fakelibvirt (the host's
-libvirt would still hold it), then ``resize`` as above and
-``instance_on_disk``; it records the files it found as ``taken_up``.
+libvirt would still hold it), then ``pre_live_migration``, ``resize`` as
+above and ``instance_on_disk``; it records the files it found as ``taken_up``.
 
 Writes JSON: {backend: {'image': {'sha256'}, scenario: {'call': 'ok' |
 {'error', 'message', 'traceback'}, 'define', 'result', 'files', 'disks':
@@ -578,7 +578,10 @@ class DriverScenarios(test.NoDBTestCase):
         # The domain the 'make' run left in the host's libvirt (a fresh
         # fakelibvirt here), as the host's libvirt would still hold it.
         with open(os.path.join(self.work, 'domain.xml')) as f:
-            drvr._host.get_connection().defineXML(f.read()).create()
+            domain_xml = f.read()
+        drvr._host.get_connection().defineXML(domain_xml).create()
+        # Block live migration to a second host on this run's module.
+        self._pre_live_migration(drvr, instance, domain_xml)
         self._resize(drvr, instance, image_meta, network_info)
         self._record('resize', files=sorted(os.listdir(inst_dir)))
         if self.xmls:
