@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Iterable
 
 from oslo_concurrency import lockutils
@@ -132,23 +131,5 @@ def _lock(info_path: str, lock_path: str):
 
 @nospace.guarded(lambda path, *a, **k: path)
 def _write(info_path: str, entries: dict[str, str]) -> None:
-    """Nova's form (one JSON object, one line), atomically and durably.
-    The temporary file is named as the library's other atomic writes
-    (``.disk.info.<random>.tmp``), so its cleanup knows it."""
-    directory = os.path.dirname(info_path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + FILENAME + '.',
-                               suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(json.dumps(entries, sort_keys=True) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # as Nova makes it
-        os.rename(tmp, info_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fileutils.fsync_dir(directory)
+    """Nova's form (one JSON object, one line), atomically and durably."""
+    fileutils.atomic_write_json(info_path, entries, indent=None)

@@ -53,14 +53,15 @@ def fsync_tree(path: str) -> None:
 
 
 @nospace.guarded(lambda path, *a, **k: path)
-def atomic_write_json(path: str, data: Any) -> None:
-    """Write ``data`` as JSON to ``path``: temp file, fsync, rename."""
+def atomic_write_json(path: str, data: Any, indent: int | None = 1) -> None:
+    """Write ``data`` as JSON to ``path``: temp file, fsync, rename, fsync
+    the directory. ``indent=None``: one line (Nova's disk.info form)."""
     directory = os.path.dirname(path) or '.'
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(
         path) + '.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'w') as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            json.dump(data, f, indent=indent, sort_keys=True)
             f.write('\n')
             f.flush()
             os.fsync(f.fileno())
