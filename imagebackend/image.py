@@ -479,6 +479,8 @@ class Image(abc.ABC):
         if not record.created:
             return
         listed = disk_info.format_of(self.path)
+        if listed == record.format and not moved_from:
+            return  # in step already: no lock, no write
         if listed is not None and listed != record.format:
             LOG.warning('disk.info says %s is %s, its record says %s: the '
                         'record wins, disk.info is corrected', self.path,
