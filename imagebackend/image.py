@@ -564,15 +564,18 @@ class Image(abc.ABC):
         """Make the disk ``size`` bytes (larger than it is)."""
 
     def get_disk_size(self, name: str) -> int:
-        """Virtual size of the file ``name`` (Nova: qemu-img info), always
-        with an explicit format: the sidecar's, the disk's, or for a file
+        """Virtual size of the file ``name`` (Nova: qemu-img info): a cache
+        entry's from its sidecar; else qemu-img, always with an explicit
+        format: the disk's, or for a file
         nothing describes (a Nova-era base without a sidecar) the format
         its bytes show to format_inspector, safety-checked; never one
         qemu-img probes."""
         fmt = None
         if os.path.dirname(name) == self.image_cache.base_dir:
             entry = self.image_cache.get(os.path.basename(name))
-            fmt = entry.format if entry else None
+            if entry is not None:
+                # The sidecar measured it when the entry was made.
+                return entry.virtual_size
         elif name == self.path:
             fmt = self.driver_format
         if fmt is None:
