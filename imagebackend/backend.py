@@ -251,9 +251,3 @@ class Backend:
                          '(no cache sidecar, none in its header)')
         facts['backing_format'] = backing_format
         return facts
-
-
-def _disk_info(instance_dir: str) -> dict[str, Any]:
-    """The entries of Nova's disk.info in ``instance_dir`` (kept for
-    callers of this name; :mod:`imagebackend.disk_info` owns the file)."""
-    return disk_info.read(os.path.join(instance_dir, disk_info.FILENAME))

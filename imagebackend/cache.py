@@ -443,11 +443,7 @@ class ImageCache:
         (ImageUnacceptable), before anything is published.
         """
         names.check_cache_name(name)
-        limit = self.conf.imagebackend.max_image_virtual_size_gb * units.Gi
-        if limit and size > limit:
-            raise exception.ImageTooLarge(
-                image_id=entry.source, virtual_size=size, limit=limit,
-                reason=f'{name} would be {size} bytes')
+        self._check_virtual_size(entry.source, size, None)
         if size < entry.virtual_size:
             raise exception.ImageUnacceptable(
                 image_id=entry.source, reason=(

@@ -34,10 +34,10 @@ from oslo_concurrency import lockutils
 
 from imagebackend import exception
 from imagebackend import fileutils
+from imagebackend import locks
 from imagebackend import nospace
 
 FILENAME = 'disk.info'
-LOCK_PREFIX = 'ib-'
 
 
 def path_for(disk_path: str) -> str:
@@ -125,7 +125,7 @@ def _lock(info_path: str, lock_path: str):
     key = hashlib.sha256(os.path.abspath(info_path).encode()).hexdigest()
     os.makedirs(lock_path, exist_ok=True)
     return lockutils.lock(f'disk-info-{key[:32]}',
-                          lock_file_prefix=LOCK_PREFIX, external=True,
+                          lock_file_prefix=locks.LOCK_PREFIX, external=True,
                           lock_path=lock_path)
 
 

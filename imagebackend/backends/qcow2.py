@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 from oslo_utils import units
 
-from imagebackend import backend as backend_mod
 from imagebackend import cache as cache_mod
+from imagebackend import disk_info
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
@@ -196,8 +196,7 @@ class Qcow2(localfile.LocalFileImage):
             return record.backing
         if not self.exists():
             return None
-        instance_dir = os.path.dirname(os.path.abspath(self.path))
-        if backend_mod._disk_info(instance_dir).get(self.path) != 'qcow2':
+        if disk_info.format_of(self.path) != 'qcow2':
             return None
         info = qemu.info(self.path, 'qcow2')
         backing = info.get('backing-filename')
