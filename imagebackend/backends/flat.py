@@ -74,7 +74,8 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
             if size and size > final:
                 qemu.resize(self.path, entry.format, size)
                 final = size
-                self._grow_filesystem()
+                # _creating puts it on disk before the record says created.
+                self._grow_filesystem(durable=False)
             self._preallocate(size)
             facts.update(format=entry.format, virtual_size=final,
                          provenance={'copy': method,
@@ -136,9 +137,12 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
         if raw and os.path.getsize(self.path) > before:
             self._grow_filesystem()
 
-    def _grow_filesystem(self) -> None:
+    def _grow_filesystem(self, durable: bool = True) -> None:
         """Grow a raw disk's bare ext filesystem to the disk's size (see
         :mod:`imagebackend.filesystems`; never a partitioned disk, another
-        filesystem, or a qcow2 file), and put what it wrote on disk."""
-        if self.driver_format == 'raw' and filesystems.grow_ext(self.path):
+        filesystem, or a qcow2 file), and put what it wrote on disk
+        (``durable``; not for a disk still being created, whose creation
+        does that once)."""
+        if self.driver_format == 'raw' and filesystems.grow_ext(
+                self.path) and durable:
             self._make_durable()
