@@ -4,6 +4,10 @@ Works on a local state directory (``--state-dir``, default
 ``$IMAGEBACKEND_STATE_DIR`` or /var/tmp/imagebackend): an images folder
 and one instances_path per host name, so two "hosts" live on one machine.
 Every command prints a table for people, or JSON with ``--json``.
+
+On a real compute host, name its configuration instead:
+``imagebackend --config-file /etc/nova/nova.conf --help`` lists the
+commands that look at that host (see driver/host_cli.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from imagebackend import records as records_mod
 from imagebackend import sources
 
 from driver import flows
+from driver import host_cli
 from driver import instance as instance_mod
 from driver import instance_disks
 from driver import migration
@@ -692,6 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if host_cli.wanted(argv):
+        return host_cli.main(argv)
     args = build_parser().parse_args(argv)
     try:
         st = state_mod.State(args.state_dir)

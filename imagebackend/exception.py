@@ -35,6 +35,10 @@ class UnknownBackend(InvalidInput):
     msg_fmt = "Unknown image type %(image_type)r (known: %(known)s)"
 
 
+class InvalidConfig(InvalidInput):
+    msg_fmt = "Invalid configuration: %(reason)s"
+
+
 class BackendUnavailable(ImageBackendError):
     msg_fmt = "Backend %(image_type)r is not available on this host: %(reason)s"
 
