@@ -1,11 +1,15 @@
-"""Host-mode ``cache audit`` (see driver/host_cli.py).
+"""Host-mode ``cache audit`` and ``cache clean`` (see driver/host_cli.py).
 
 ``cache audit`` only reads: every ``_base`` entry re-inspected and the
-disks using it; exit 1 when any entry is flagged. The logic lives in
-:mod:`imagebackend.cache_audit`.
+disks using it; exit 1 when any entry is flagged. ``cache clean`` removes
+entries no record uses, unused for the grace period, and refuses (exit 2,
+nothing removed) while any instance has disks with no record.
+The logic lives in :mod:`imagebackend.cache_audit`.
 """
 
 from __future__ import annotations
+
+import argparse
 
 from imagebackend import cache_audit
 
@@ -13,14 +17,35 @@ from imagebackend import cache_audit
 def register(subparsers) -> None:
     """Add this module's commands to the host-mode parser."""
     cache = subparsers.add_parser(
-        'cache', help='audit the host\'s image cache',
-        description='audit the host\'s image cache')
+        'cache', help='audit and clean the host\'s image cache',
+        description='audit and clean the host\'s image cache')
     sub = cache.add_subparsers(dest='cache_command', required=True,
                                metavar='ACTION')
     p = sub.add_parser(
         'audit', help='re-inspect every cache entry and name its users; '
         'exit 1 if any is flagged (read-only)')
     p.set_defaults(func=cmd_audit)
+    p = sub.add_parser(
+        'clean', help='remove entries no record uses, older than the grace '
+        'period; refused while any instance has disks with no record')
+    p.add_argument('--dry-run', action='store_true',
+                   help='say what would be removed, remove nothing')
+    p.add_argument('--grace', type=_seconds, default=None, metavar='SECONDS',
+                   help='seconds an entry must have been unused (default: '
+                        '[image_cache] '
+                        'remove_unused_original_minimum_age_seconds)')
+    p.set_defaults(func=cmd_clean)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not a non-negative number of seconds')
+    return value
 
 
 def _who(disks: list[dict[str, str]]) -> str:
@@ -60,3 +85,13 @@ def cmd_audit(host, args):
         lines.append(f'instance {d}: records unreadable: {why}')
     lines.append(f'{len(entries)} entries, {len(flagged)} flagged')
     return data, '\n'.join(lines), (1 if flagged else 0)
+
+
+def cmd_clean(host, args):
+    result = cache_audit.clean(host.backend(), args.grace,
+                               dry_run=args.dry_run)
+    verb = 'would remove' if args.dry_run else 'removed'
+    text = [f'{verb} {len(result.removed)} unused entries']
+    text += [f'  {n}' for n in result.removed]
+    text += [f'kept {n}: {why}' for n, why in sorted(result.kept.items())]
+    return result.to_dict(), '\n'.join(text), 0

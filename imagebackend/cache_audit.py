@@ -1,4 +1,4 @@
-"""Audit a real host's image cache against its records.
+"""Audit and clean a real host's image cache against its records.
 
 Nothing in ``_base`` is trusted because it is there (OSSA-2024-002: an
 image planted or changed in the cache after its fetch was checked is used
@@ -8,17 +8,27 @@ checks (a qcow2 backing file or data-file, VMDK extents...), the
 sidecar's digest, the declared format and size against the bytes -- and
 names the disks that depend on each entry, from their records. It only
 reads.
+
+:func:`clean` removes entries no record uses, unused for a grace period,
+under each entry's lock (as :func:`cache_manager.clean`). It refuses to
+run, removing nothing, while any instance directory holds a disk that no
+record describes (a host Nova's own module made, not yet adopted): the
+cache cannot tell whether such a disk depends on a base, and a base deleted
+under a live overlay is an instance lost (the Operations Guide's
+"disappearing images").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any
 
 from oslo_utils.imageutils import format_inspector
 
 from imagebackend import cache as cache_mod
+from imagebackend import cache_manager
 from imagebackend import disk_info
 from imagebackend import exception
 from imagebackend import fileutils
@@ -392,3 +402,87 @@ def _format_name(path: str) -> str | None:
         return str(format_inspector.detect_file_format(path))
     except Exception:  # noqa: BLE001 - hostile bytes, any parser bug
         return None
+
+
+# -- clean --------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CleanResult:
+    removed: list[str]
+    kept: dict[str, str]      # entry -> why it stays
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def clean(backend, grace: float | None = None,
+          dry_run: bool = False) -> CleanResult:
+    """Remove cache entries no record uses and unused for ``grace``
+    seconds (default ``[image_cache]
+    remove_unused_original_minimum_age_seconds``), and partial files as
+    old. Entries without a sidecar (Nova's) are entries too.
+
+    Refuses (:class:`exception.CacheCleanRefused`, nothing removed) while
+    any instance directory holds disks no record describes, or records that
+    cannot be read: what those disks depend on is not known.
+    """
+    if grace is None:
+        grace = backend.conf.image_cache.\
+            remove_unused_original_minimum_age_seconds
+    recs = host_records(backend)
+    if recs.unrecorded or recs.errors:
+        listed = sorted(f'{d}/{n}' for d, disks in recs.unrecorded.items()
+                        for n in disks) + sorted(
+            f'{d} ({why})' for d, why in recs.errors.items()
+            if d not in recs.unrecorded)
+        raise exception.CacheCleanRefused(disks=', '.join(listed))
+    cache = backend.image_cache
+    # Partial files first, each under its entry's lock taken without
+    # waiting (a fetch still running holds it).
+    removed = cache_manager._clean_parts(backend, grace, dry_run)
+    kept: dict[str, str] = {}
+    now = time.time()
+    for name in sorted(_cache_files(cache)):
+        path = cache.path(name)
+        users = recs.users.get(name)
+        if users:
+            kept[name] = f'used by {len(users)} disk(s)'
+            continue
+        try:
+            age = now - cache_mod.last_used(os.stat(path))
+        except FileNotFoundError:
+            # A sidecar whose data is gone (a removal cut short): nothing
+            # to keep it for once it is as old as an unused entry.
+            if _older_than(path + names.META_SUFFIX, grace):
+                if not dry_run:
+                    with cache.lock(name):
+                        if not os.path.exists(path):
+                            fileutils.remove_path(path + names.META_SUFFIX)
+                removed.append(name + names.META_SUFFIX)
+            continue
+        if age < grace:
+            kept[name] = f'used {int(age)} s ago (grace {int(grace)} s)'
+            continue
+        if dry_run:
+            removed.append(name)
+            continue
+        with cache.lock(name):
+            try:
+                if time.time() - cache_mod.last_used(os.stat(path)) < grace:
+                    kept[name] = 'used while the cache was being cleaned'
+                    continue
+            except FileNotFoundError:
+                continue
+            # Data first: no half entry is ever "present".
+            fileutils.remove_path(path)
+            fileutils.remove_path(path + names.META_SUFFIX)
+        removed.append(name)
+    return CleanResult(removed=removed, kept=kept, dry_run=dry_run)
+
+
+def _older_than(path: str, age: float) -> bool:
+    try:
+        return time.time() - os.lstat(path).st_mtime >= age
+    except FileNotFoundError:
+        return False

@@ -181,3 +181,12 @@ class UnencryptedDisk(EncryptionError):
 
     msg_fmt = ("Disk %(disk)s is recorded as not encrypted, but encryption "
                "is required (%(why)s); refusing to use it.")
+
+
+class CacheCleanRefused(ImageBackendError):
+    """The image cache is not cleaned while disks it may back are not
+    described by records: whether they use a base cannot be known."""
+
+    msg_fmt = ("Refusing to clean the image cache: these disks are "
+               "described by no record, so the bases they use are not "
+               "known: %(disks)s. Run `imagebackend adopt --all` first.")

@@ -1,6 +1,12 @@
-"""Pure logic of the cache audit."""
+"""Pure logic of the cache audit and clean."""
+
+import argparse
+
+import pytest
 
 from imagebackend import cache_audit
+
+from driver import host_cache
 
 
 def test_status_is_the_worst_problem():
@@ -26,3 +32,13 @@ def test_disk_files_are_nova_disk_names(tmp_path):
     assert cache_audit._disk_files(str(tmp_path)) == [
         'disk', 'disk.config', 'disk.eph0', 'disk.local', 'disk.rescue',
         'disk.swap', 'kernel', 'ramdisk']
+
+
+@pytest.mark.parametrize('parse, good, bad', [
+    (host_cache._seconds, ('0', '3600', '1.5'), ('-1', 'x'))])
+def test_cli_numbers(parse, good, bad):
+    for text in good:
+        assert parse(text) == float(text)
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
