@@ -212,6 +212,16 @@ class Image(abc.ABC):
         shim.check_backing_from_func(self, context, func, cache_name,
                                      fallback)
 
+    def plan_create(self, source_type: str, source_id: str,
+                    func: Callable[[str], None] | None,
+                    size: int | None) -> list | None:
+        """What ``create_from_image`` (``source_type`` 'image'),
+        ``create_from_func`` ('func') or ``create_from_content``
+        ('content') would do, as :class:`imagebackend.plans.Step` objects,
+        without doing it; raises :class:`imagebackend.plans.Refused` where
+        it would fail. None: this backend does not say (the default)."""
+        return None
+
     # -- the legacy interface ------------------------------------------------
 
     @abc.abstractmethod

@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from imagebackend import cache_audit
 from imagebackend import disk_info
 from imagebackend import fileutils
 from imagebackend import filesystems
 from imagebackend import image
 from imagebackend import names
+from imagebackend import plans
 from imagebackend import processes
 from imagebackend import qemu
 from imagebackend.backends import localfile
@@ -97,6 +99,46 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
             self._preallocate(size)
             facts.update(format='raw', virtual_size=final)
 
+    def plan_create(self, source_type, source_id, func, size):
+        """What create_from_image / create_from_func above would do
+        (create_from_content is create_from_func here)."""
+        steps = []
+        if source_type in ('func', 'content'):
+            steps += plans.write_with(func, self.path, size)
+        else:
+            base, steps = plans.plan_image(self.image_cache, source_id, size)
+            steps.append(plans.Step(
+                f'copy {base.path} to {self.path} (reflink, else only its '
+                'data extents, in-kernel)',
+                write_bytes=(os.stat(base.path).st_blocks * 512
+                             if base.cached else base.virtual_size or 0)))
+            if size and (base.virtual_size is None or
+                         size > base.virtual_size):
+                steps += self._plan_grow(base, size)
+        return steps + (plans.preallocate(self.path, size)
+                        if self.preallocate else [])
+
+    def _plan_grow(self, base, size):
+        when = (None if base.virtual_size else
+                f'if the image is smaller than {size} bytes')
+        if base.format != 'raw':
+            return [plans.Step(f'grow {self.path} to {size} bytes',
+                               command=('qemu-img', 'resize', '-q', '-f',
+                                        base.format, self.path, str(size)),
+                               when=when)]
+        steps = [plans.Step(f'grow {self.path} to {size} bytes (truncate)',
+                            when=when)]
+        if base.cached and not cache_audit.keeping_atime(
+                base.path, filesystems.bare_ext_filesystem, base.path):
+            return steps
+        # Known from the base's bytes once it is cached; else a condition.
+        fs_when = ' and '.join(c for c in (when, None if base.cached else
+                                           'if the image is one bare ext '
+                                           'filesystem') if c) or None
+        return steps + [plans.Step('grow the filesystem in it', command=cmd,
+                                   when=fs_when)
+                        for cmd in (('e2fsck', '-fp', self.path),
+                        ('resize2fs', self.path))]
 
     # -- legacy (Nova's Flat.create_image) -------------------------------------
 

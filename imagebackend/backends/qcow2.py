@@ -34,6 +34,7 @@ from imagebackend import fileutils
 from imagebackend import formats
 from imagebackend import image
 from imagebackend import names
+from imagebackend import plans
 from imagebackend import qemu
 from imagebackend.backends import localfile
 
@@ -80,6 +81,22 @@ class Qcow2(localfile.LocalFileImage):
                          virtual_size=size or entry.virtual_size,
                          backing=entry.name, backing_format=entry.format,
                          backing_sha256=entry.sha256)
+
+    def plan_create(self, source_type, source_id, func, size):
+        """What create_from_image / create_from_func above would do
+        (create_from_content is create_from_func here)."""
+        if source_type in ('func', 'content'):
+            base, steps = plans.plan_template(self.image_cache, source_id,
+                                              func)
+        else:
+            base, steps = plans.plan_image(self.image_cache, source_id, size)
+        command = ('qemu-img', 'create', '-q', '-f', 'qcow2', '-F',
+                   base.format, '-b', base.path, self.path)
+        steps.append(plans.Step(
+            f'a qcow2 overlay on {base.name} at {self.path}',
+            command=command + ((str(size),) if size else ())))
+        return steps + (plans.preallocate(self.path, size)
+                        if self.preallocate else [])
 
     def check_backing_from_image(self, context, image_id, fallback=None):
         """Restore the base the disk was made on, and prove it is that base:
