@@ -152,7 +152,16 @@ class Backend:
 
     def _adopt(self, instance, name: str,
                created_here: bool) -> records_mod.DiskRecord:
-        """A record for a disk made before records existed.
+        """Decide (:meth:`adoption_record`) and write (:meth:`save_adopted`)
+        the record of a disk made before records existed."""
+        record = self.adoption_record(instance, name, created_here)
+        self.save_adopted(instance, record)
+        return record
+
+    def adoption_record(self, instance, name: str,
+                        created_here: bool = True) -> records_mod.DiskRecord:
+        """The record a disk made before records existed would be adopted
+        with; nothing is written (see :meth:`save_adopted`).
 
         Nova's disk.info says what format it decided a file disk has.
         Failing that, only the host that made the disk may adopt it
@@ -212,12 +221,17 @@ class Backend:
             state=records_mod.CREATED, encryption=(
                 disk.encryption.to_record() if disk.encryption else None),
             provenance={'path': 'adopted', 'from': how}, **facts)
-        self.records.put(record)
-        # Nova's module, should the disk go back to a host on it, finds it
-        # listed as adopted (never probes it).
-        disk._record = record
-        disk._sync_disk_info()
         return record
+
+    def save_adopted(self, instance, record: records_mod.DiskRecord) -> None:
+        """Write an adopted disk's record, then list it in Nova's disk.info
+        as the record says (Nova's module, should the disk go back to a
+        host on it, finds it listed as adopted and never probes it)."""
+        self.records.put(record)
+        disk = self.image_class(record.backend)(
+            instance=instance, disk_name=record.name, backend=self,
+            record=record)
+        disk._sync_disk_info()
 
     def _adopted_backing(self, path: str, backing: str,
                          backing_format: str | None) -> dict[str, Any]:
