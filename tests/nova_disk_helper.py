@@ -11,6 +11,9 @@ argv[1] is a JSON list of jobs; stdout one JSON list of their results::
      "disks": [{"cls": "Flat"|"Qcow2", "name": "disk",
                 "image_id": "img", "size": bytes}]}
 
+A disk with ``"template": "ephemeral_1_0706d66"`` instead of ``image_id``
+is an ephemeral or swap disk made from a template (see _cache_template).
+
 ``make`` calls ``cache()`` exactly as Nova's driver does for a root disk
 (``_try_fetch_image_cache``: fetch_func=libvirt_utils.fetch_image,
 filename=sha1(image id)), in the instance directory the driver made.
@@ -78,6 +81,42 @@ def _stat(path):
     return [st.st_ino, st.st_mtime_ns, st.st_size]
 
 
+def _cache_image(image, spec, ctx, fetched, instance):
+    from nova.virt.libvirt import utils as libvirt_utils
+
+    def fetch_func(context, target, image_id, trusted_certs=None):
+        fetched.append(target)
+        libvirt_utils.fetch_image(context, target, image_id, trusted_certs)
+    image_id = spec['image_id']
+    # As _try_fetch_image_cache calls it for the root disk.
+    image.cache(fetch_func=fetch_func, context=ctx,
+                filename=hashlib.sha1(image_id.encode()).hexdigest(),
+                image_id=image_id, size=spec.get('size'),
+                trusted_certs=instance.trusted_certs)
+
+
+def _cache_template(image, spec, ctx, fetched):
+    """An ephemeral or swap disk, as the driver's _create_image makes one:
+    cache() with no image_id and the template's name (Qcow2: a template in
+    _base and an overlay on it; Flat: the disk written directly). The
+    template function writes a blank raw file of the disk's size (the
+    driver's runs mkfs or mkswap on it: not needed here)."""
+    def make_template(target, *args, **kwargs):
+        fetched.append(target)
+        with open(target, 'wb') as f:
+            f.truncate(spec['size'])
+    image.cache(fetch_func=make_template, context=ctx,
+                filename=spec['template'], size=spec['size'])
+
+
+def _report(image, report, before, fetched):
+    report['fetched'] = fetched
+    report['changed'] = (before is not None and
+                         _stat(image.path) != before)
+    report['driver_format_after'] = image.driver_format
+    return report
+
+
 def run_job(args):
     import nova.conf
     import nova.privsep
@@ -120,21 +159,11 @@ def run_job(args):
             report['driver_format'] = image.driver_format
             report['resolved'] = image.resolve_driver_format()
         fetched = []
-
-        def fetch_func(context, target, image_id, trusted_certs=None):
-            fetched.append(target)
-            libvirt_utils.fetch_image(context, target, image_id,
-                                      trusted_certs)
-        image_id = spec['image_id']
-        # As _try_fetch_image_cache calls it for the root disk.
-        image.cache(fetch_func=fetch_func, context=ctx,
-                    filename=hashlib.sha1(image_id.encode()).hexdigest(),
-                    image_id=image_id, size=spec.get('size'),
-                    trusted_certs=instance.trusted_certs)
-        report['fetched'] = fetched
-        report['changed'] = before is not None and _stat(path) != before
-        report['driver_format_after'] = image.driver_format
-        out['disks'][spec['name']] = report
+        if 'template' in spec:
+            _cache_template(image, spec, ctx, fetched)
+        else:
+            _cache_image(image, spec, ctx, fetched, instance)
+        out['disks'][spec['name']] = _report(image, report, before, fetched)
     info = os.path.join(args['instances_path'], args['uuid'], 'disk.info')
     if os.path.exists(info):
         with open(info) as f:
