@@ -38,7 +38,7 @@ What cannot be decided gets no record and is reported with why: a disk
 neither disk.info nor the config describes, a format its header
 contradicts, a backing file outside the image cache or gone, a base that
 fails inspection. Holds each instance's lock while writing. Exit status 1
-when something was left undecided, 0 otherwise."""
+when something was left undecided (or failed), 0 otherwise."""
 
 _VERIFY = """\
 Check every record against what is really there: a disk that is missing
@@ -165,7 +165,8 @@ def cmd_adopt(host, args):
     for uuid in _uuids(host, args):
         results += adopt_mod.adopt_instance(backend, uuid,
                                             dry_run=args.dry_run)
-    undecided = [r for r in results if r.outcome == adopt_mod.UNDECIDED]
+    undecided = [r for r in results if r.outcome in (adopt_mod.UNDECIDED,
+                                                      adopt_mod.FAILED)]
     done = [r for r in results if r.outcome in (adopt_mod.ADOPTED,
                                                 adopt_mod.WOULD_ADOPT)]
     data = {'dry_run': args.dry_run, 'undecided': len(undecided),

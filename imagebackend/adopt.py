@@ -39,6 +39,7 @@ ADOPTED = 'adopted'
 WOULD_ADOPT = 'would-adopt'      # a dry run's answer
 UNDECIDED = 'undecided'
 RECORDED = 'recorded'            # it had a record already
+FAILED = 'failed'                # reading or writing failed
 # Why an adopted disk would get its format (its record's provenance
 # 'from'), as a report says it.
 _SAID_BY = {
@@ -92,8 +93,13 @@ def _adopt(backend, uuid, instance_dir, dry_run) -> list[Adoption]:
     for name in sorted(set(candidates) | set(recorded)):
         if name in recorded:
             out.append(Adoption(uuid, name, RECORDED, recorded[name]))
-        else:
+            continue
+        try:
             out.append(_adopt_disk(backend, uuid, name, dry_run))
+        except (OSError, exception.ImageBackendError) as e:
+            # A write or read that failed (no space, permissions): this
+            # disk only; its record is whole or absent (atomic writes).
+            out.append(Adoption(uuid, name, FAILED, reason=str(e)))
     return out
 
 

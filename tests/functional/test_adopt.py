@@ -2,9 +2,11 @@
 lays them out (real files and qemu-img; the same, made by real Nova and
 driven through the CLI: test_host_cli_nova.py)."""
 
+import errno
 import json
 import os
 import uuid as uuid_mod
+from unittest import mock
 
 import imagebackend
 from imagebackend import adopt
@@ -69,3 +71,24 @@ def test_adopt_decides_checks_and_writes(host, tmp_path):
     again = {a.disk: a.outcome for a in adopt.adopt_instance(backend, uuid)}
     assert again == {'disk': 'recorded', 'disk.local': 'recorded',
                      'disk.swap': 'undecided'}
+
+
+def test_a_failed_write_fails_that_disk_only(host):
+    backend = imagebackend.Backend(conf=host)
+    uuid = nova_instance(host, {'disk': 'raw', 'disk.local': 'raw'})
+    d = os.path.join(host.instances_path, uuid)
+    for name in ('disk', 'disk.local'):
+        run('qemu-img', 'create', '-q', '-f', 'raw', os.path.join(d, name),
+            str(MiB))
+    real = backend.save_adopted
+
+    def save(instance, record):
+        if record.name == 'disk':
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        real(instance, record)
+    with mock.patch.object(backend, 'save_adopted', side_effect=save):
+        done = {a.disk: a for a in adopt.adopt_instance(backend, uuid)}
+    assert done['disk'].outcome == 'failed'
+    assert 'No space left' in done['disk'].reason
+    assert done['disk.local'].outcome == 'adopted'
+    assert backend.records.get(uuid, 'disk') is None
