@@ -73,6 +73,7 @@ class Adoption:
 def adopt_instance(backend, uuid: str, *,
                    dry_run: bool = False) -> list[Adoption]:
     """Adopt every disk of instance ``uuid`` that has no record."""
+    names.check_instance_uuid(uuid)
     instance_dir = os.path.join(backend.conf.instances_path, uuid)
     if not os.path.isdir(instance_dir):
         raise exception.InvalidInput(

@@ -15,6 +15,7 @@ import os
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import instance_dirs
+from imagebackend import names
 from imagebackend import observe
 from imagebackend import records as records_mod
 
@@ -84,6 +85,7 @@ class BaseDigests:
 def check_instance(backend, uuid: str,
                    digests: BaseDigests | None = None) -> InstanceReport:
     """Compare every record of instance ``uuid`` with its storage."""
+    names.check_instance_uuid(uuid)
     digests = digests or BaseDigests()
     findings: list[Finding] = []
 

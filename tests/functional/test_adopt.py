@@ -8,8 +8,12 @@ import os
 import uuid as uuid_mod
 from unittest import mock
 
+import pytest
+
 import imagebackend
 from imagebackend import adopt
+from imagebackend import exception
+from imagebackend import locks
 from imagebackend import names
 from tests.functional.conftest import run
 from tests.hosts import MiB
@@ -92,3 +96,25 @@ def test_a_failed_write_fails_that_disk_only(host):
     assert 'No space left' in done['disk'].reason
     assert done['disk.local'].outcome == 'adopted'
     assert backend.records.get(uuid, 'disk') is None
+
+
+def test_records_are_written_under_the_instance_lock(host):
+    backend = imagebackend.Backend(conf=host)
+    uuid = nova_instance(host, {'disk': 'raw'})
+    run('qemu-img', 'create', '-q', '-f', 'raw',
+        os.path.join(host.instances_path, uuid, 'disk'), str(MiB))
+    held = []
+    real = backend.save_adopted
+
+    def save(instance, record):
+        held.append(locks.held(backend.conf, instance.uuid))
+        real(instance, record)
+    with mock.patch.object(backend, 'save_adopted', side_effect=save):
+        assert [a.outcome for a in adopt.adopt_instance(
+            backend, uuid, dry_run=True)] == ['would-adopt']
+        assert held == []
+        assert [a.outcome for a in adopt.adopt_instance(backend, uuid)] == \
+            ['adopted']
+    assert held == [True]
+    with pytest.raises(exception.InvalidDiskName):
+        adopt.adopt_instance(backend, '../' + uuid)
