@@ -172,12 +172,14 @@ def cmd_adopt(host, args):
     data = {'dry_run': args.dry_run, 'undecided': len(undecided),
             'adopted': len(done),
             'disks': [r.to_dict() for r in results]}
+    # A base Nova made, given a sidecar as a disk on it is adopted.
+    described = 'would be described' if args.dry_run else 'described'
     rows = [{'instance': r.instance, 'disk': r.disk, 'outcome': r.outcome,
              'backend': r.record.backend if r.record else None,
              'format': r.record.format if r.record else None,
              'size': cli.human(r.record.virtual_size) if r.record else None,
              'base': r.record.backing if r.record else None,
-             'why': r.reason or (f'base {r.base_described} described'
+             'why': r.reason or (f'base {r.base_described} {described}'
                                  if r.base_described else None)}
             for r in results]
     verb = 'would adopt' if args.dry_run else 'adopted'
