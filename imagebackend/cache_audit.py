@@ -33,6 +33,7 @@ from imagebackend import disk_info
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
+from imagebackend import instance_dirs
 from imagebackend import names
 from imagebackend import qemu
 from imagebackend import records as records_mod
@@ -45,12 +46,6 @@ CORRUPT = 'corrupt'        # the sidecar cannot be read
 UNVERIFIED = 'unverified'  # no sidecar: nothing says what the bytes were
 OK = 'ok'
 LEVELS = (HOSTILE, MODIFIED, MISSING, CORRUPT, UNVERIFIED, OK)
-
-# Files in an instance directory that are disks (Nova's names; a ploop
-# disk is a directory called ``disk``).
-_DISK_NAMES = ('disk', 'kernel', 'ramdisk')
-_NOT_DISKS = (disk_info.FILENAME, disk_info.FILENAME + '.tmp')
-
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -126,30 +121,11 @@ def _entry_of_source(record: records_mod.DiskRecord) -> str | None:
 
 
 def _instance_dirs(backend) -> list[str]:
-    """Every directory of instances_path but the cache's and the locks'."""
+    """Instance directories, and the ``<uuid>_resize`` ones: their disks
+    read bases too."""
     root = backend.conf.instances_path
-    skip = {backend.image_cache.subdir, names.LOCKS_DIR,
-            os.path.basename(backend.image_cache.lock_path)}
-    try:
-        listing = sorted(os.listdir(root))
-    except FileNotFoundError:
-        return []
-    return [n for n in listing if n not in skip and not n.startswith('.')
-            and os.path.isdir(os.path.join(root, n))]
-
-
-def _disk_files(directory: str) -> list[str]:
-    """The names in an instance directory that are disks by Nova's naming
-    (``disk``, ``disk.*``, ``kernel``, ``ramdisk``), less disk.info and
-    what a creation leaves beside a disk."""
-    found = []
-    for n in sorted(os.listdir(directory)):
-        if n in _NOT_DISKS or n.endswith(names.RESERVED_SUFFIXES) or \
-                n.endswith('.fallocate_test'):
-            continue
-        if n in _DISK_NAMES or n.startswith('disk.'):
-            found.append(n)
-    return found
+    return (instance_dirs.instance_uuids(root) +
+            instance_dirs.resize_dirs(root))
 
 
 def host_records(backend) -> HostRecords:
@@ -157,7 +133,15 @@ def host_records(backend) -> HostRecords:
     result = HostRecords(users={}, made_from={}, unrecorded={}, errors={})
     for dirname in _instance_dirs(backend):
         directory = os.path.join(backend.conf.instances_path, dirname)
-        disks = _disk_files(directory)
+        try:
+            disks = instance_dirs.disk_files(directory)
+        except exception.ImageBackendError as e:
+            # A garbled disk.info: which files are disks is not known, so
+            # the directory counts as unrecorded (clean refuses) and the
+            # audit goes on with the other instances.
+            result.errors[dirname] = str(e)
+            result.unrecorded[dirname] = [disk_info.FILENAME]
+            continue
         records_file = os.path.join(directory, records_mod.RECORDS_FILE)
         records: list[records_mod.DiskRecord] = []
         if os.path.exists(records_file):

@@ -23,6 +23,8 @@ from imagebackend import disk_info
 from imagebackend import exception
 from imagebackend import names
 
+RESIZE_SUFFIX = '_resize'
+
 # The names Nova's driver gives an instance's local disks.
 _DISK_NAME = re.compile(
     r'^(disk(\.local|\.swap|\.config|\.eph\d+)?|kernel|ramdisk)'
@@ -39,6 +41,20 @@ def instance_uuids(instances_path: str) -> list[str]:
         return []
     return sorted(n for n in listing
                   if uuidutils.is_uuid_like(n) and
+                  os.path.isdir(os.path.join(instances_path, n)))
+
+
+def resize_dirs(instances_path: str) -> list[str]:
+    """The ``<uuid>_resize`` directories under ``instances_path``: the old
+    disks of a resize under way, kept (with the bases they read) until the
+    resize is confirmed or reverted."""
+    try:
+        listing = os.listdir(instances_path)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in listing
+                  if n.endswith(RESIZE_SUFFIX) and
+                  uuidutils.is_uuid_like(n[:-len(RESIZE_SUFFIX)]) and
                   os.path.isdir(os.path.join(instances_path, n)))
 
 

@@ -25,17 +25,6 @@ def test_status_is_the_worst_problem():
     assert entry.to_dict()['status'] == 'hostile'
 
 
-def test_disk_files_are_nova_disk_names(tmp_path):
-    for name in ('disk', 'disk.local', 'disk.eph0', 'disk.swap',
-                 'disk.config', 'disk.rescue', 'kernel', 'ramdisk',
-                 'disk.info', 'disk.info.tmp', 'disks.json', 'console.log',
-                 'libvirt.xml', 'disk.part', 'disk.fallocate_test'):
-        (tmp_path / name).write_bytes(b'')
-    assert cache_audit._disk_files(str(tmp_path)) == [
-        'disk', 'disk.config', 'disk.eph0', 'disk.local', 'disk.rescue',
-        'disk.swap', 'kernel', 'ramdisk']
-
-
 @pytest.mark.parametrize('parse, good, bad', [
     (host_cache._seconds, ('0', '3600', '1.5'), ('-1', 'x')),
     (host_plan._count, ('0', '20'), ('-1', '1.5', 'x'))])

@@ -43,3 +43,22 @@ def test_disk_files_and_disk_info_entries(tmp_path):
     assert instance_dirs.disk_files(str(d)) == ['disk', 'disk.local',
                                                 'odd-disk']
     assert instance_dirs.disk_files(str(tmp_path / 'absent')) == []
+
+
+def test_disk_files_are_nova_disk_names(tmp_path):
+    for name in ('disk', 'disk.local', 'disk.eph0', 'disk.swap',
+                 'disk.config', 'disk.rescue', 'kernel', 'ramdisk',
+                 'disk.info', 'disk.info.tmp', 'disks.json', 'console.log',
+                 'libvirt.xml', 'disk.part', 'disk.fallocate_test'):
+        (tmp_path / name).write_bytes(b'{}' if name == 'disk.info' else b'')
+    assert instance_dirs.disk_files(str(tmp_path)) == [
+        'disk', 'disk.config', 'disk.eph0', 'disk.local', 'disk.rescue',
+        'disk.swap', 'kernel', 'ramdisk']
+
+
+def test_resize_dirs_are_uuid_resize_directories(tmp_path):
+    uuid = '8d1bd54c-8e5c-4b07-9bb0-8d0d0b0d1f6e'
+    for name in (uuid, uuid + '_resize', 'x_resize', '_base'):
+        (tmp_path / name).mkdir()
+    (tmp_path / (uuid[:-1] + '0_resize')).write_bytes(b'')
+    assert instance_dirs.resize_dirs(str(tmp_path)) == [uuid + '_resize']
