@@ -127,14 +127,15 @@ def nova_hosts(tmp_path_factory, repo_root):
     return good, odd
 
 
-def cli(repo_root, host: NovaHost, *args: str) -> tuple[int, dict]:
+def cli(repo_root, host: NovaHost, *args: str,
+        expect=(0, 1)) -> tuple[int, dict]:
     """Run the real CLI (host mode, --json); its exit status and output."""
     env = dict(os.environ, PYTHONPATH=str(repo_root))
     done = subprocess.run(
         [str(repo_root / '.venv' / 'bin' / 'python'), '-m', 'driver.cli',
          '--config-file', host.conf, '--json', *args],
         capture_output=True, text=True, env=env, cwd=str(repo_root))
-    assert done.returncode in (0, 1), done.stderr + done.stdout
+    assert done.returncode in expect, done.stderr + done.stdout
     return done.returncode, json.loads(done.stdout)
 
 
