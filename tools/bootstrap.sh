@@ -15,7 +15,9 @@
 #   6. creates .venv-nova, a second virtualenv from the same python with
 #      real Nova 34.0.0 (that wheel, its dependencies from PyPI, the test
 #      requirements in tools/nova-requirements.txt) and this project, for
-#      the tests that run Nova's own code on imagebackend.nova.
+#      the tests that run Nova's own code on imagebackend.nova;
+#   7. pip install tox into .venv, for the docs build (tox -e docs, which
+#      tools/test.sh runs after the whole suite).
 #
 # Quiet when there is nothing to do; prints one line per step it performs and
 # the full output of any step that fails.
@@ -156,4 +158,13 @@ if [ ! -e "$nova_stamp" ]; then
         install -q --no-deps -e .
     rm -f "$NOVA_VENV"/.installed-*
     touch "$nova_stamp"
+fi
+
+# --- 7. tox, for the docs build -----------------------------------------------
+# tools/test.sh (no arguments: the whole suite, as CI runs it) builds the
+# docs with `tox -e docs`, which makes its own environment from PyPI.
+if [ ! -x "$VENV/bin/tox" ]; then
+    say "pip install tox into .venv (for tox -e docs)"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+    run_quiet "pip install tox" "$VENV/bin/python" -m pip install -q 'tox>=4'
 fi
