@@ -31,3 +31,20 @@ exclude_patterns = []
 html_theme = 'alabaster'
 html_static_path = []
 html_title = 'imagebackend'
+
+
+# Text that docutils parses outside Sphinx's logging (sphinx-argparse parses
+# the CLI's help strings itself) reports markup errors only as "problematic"
+# nodes in the page. Turn each into a Sphinx warning, so -W fails the build
+# on them as on any other warning.
+def _warn_on_problematic(app, doctree, docname):
+    from docutils import nodes
+    from sphinx.util import logging
+    logger = logging.getLogger('imagebackend.docs')
+    for node in doctree.findall(nodes.problematic):
+        logger.warning('markup error in generated text near %r',
+                       node.astext(), location=docname)
+
+
+def setup(app):
+    app.connect('doctree-resolved', _warn_on_problematic)
