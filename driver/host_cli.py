@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                              'win, as in nova-compute)')
     parser.add_argument('--config-dir', action='append', default=[],
                         metavar='DIR',
-                        help='a directory whose .conf files are read after '
-                             'the config files (repeatable)')
+                        help='a directory of *.conf files read after the '
+                             'config files (repeatable)')
     parser.add_argument('--json', action='store_true',
                         help='print JSON for scripts instead of tables')
     sub = parser.add_subparsers(dest='command', required=True,

@@ -5,6 +5,12 @@ fails the build, so a docstring or option help text that does not render
 breaks CI.
 """
 
+import os
+import sys
+
+# Local extensions (doc/source/_ext).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '_ext'))
+
 project = 'imagebackend'
 copyright = 'imagebackend contributors'
 author = 'imagebackend contributors'
@@ -12,7 +18,7 @@ author = 'imagebackend contributors'
 extensions = [
     'sphinx.ext.autodoc',
     'sphinx.ext.viewcode',
-    'sphinxarg.ext',
+    'clihelp',
     'oslo_config.sphinxext',
 ]
 
@@ -32,19 +38,3 @@ html_theme = 'alabaster'
 html_static_path = []
 html_title = 'imagebackend'
 
-
-# Text that docutils parses outside Sphinx's logging (sphinx-argparse parses
-# the CLI's help strings itself) reports markup errors only as "problematic"
-# nodes in the page. Turn each into a Sphinx warning, so -W fails the build
-# on them as on any other warning.
-def _warn_on_problematic(app, doctree, docname):
-    from docutils import nodes
-    from sphinx.util import logging
-    logger = logging.getLogger('imagebackend.docs')
-    for node in doctree.findall(nodes.problematic):
-        logger.warning('markup error in generated text near %r',
-                       node.astext(), location=docname)
-
-
-def setup(app):
-    app.connect('doctree-resolved', _warn_on_problematic)
