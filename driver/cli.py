@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from imagebackend import names
 from imagebackend import records as records_mod
 from imagebackend import sources
 
+from driver import cli_common
 from driver import flows
 from driver import host_cli
 from driver import instance as instance_mod
@@ -552,25 +552,13 @@ def _rmdir(path: str) -> None:
         pass
 
 
-def _count(text: str) -> int:
-    """A size argument: a non-negative integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f'{text!r} is not a non-negative integer')
-    return value
-
-
 def _flavor_args(p: argparse.ArgumentParser, defaults: bool) -> None:
     d = (lambda v: v) if defaults else (lambda v: None)
-    p.add_argument('--root-gb', type=_count, default=d(1),
+    p.add_argument('--root-gb', type=cli_common.count, default=d(1),
                    help='root disk size in GiB (0: the image\'s size)')
-    p.add_argument('--ephemeral-gb', type=_count, default=d(0),
+    p.add_argument('--ephemeral-gb', type=cli_common.count, default=d(0),
                    help='flavor ephemeral disk (disk.local) in GiB')
-    p.add_argument('--swap-mb', type=_count, default=d(0),
+    p.add_argument('--swap-mb', type=cli_common.count, default=d(0),
                    help='swap disk size in MiB')
 
 
@@ -642,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--os-type', default='linux',
                    help='picks the ephemeral filesystem (linux: ext4, '
                         'windows: ntfs, else vfat)')
-    p.add_argument('--ephemeral-bdm', type=_count, action='append',
+    p.add_argument('--ephemeral-bdm', type=cli_common.count, action='append',
                    metavar='GB', help='an extra ephemeral disk (repeatable)')
     p.add_argument('--bdm-format', default='ext4',
                    help='filesystem of --ephemeral-bdm disks')
@@ -706,21 +694,14 @@ def main(argv: list[str] | None = None) -> int:
         st = state_mod.State(args.state_dir)
         result = args.func(st, args)
     except exception.ImageBackendError as e:
-        return _fail(args, type(e).__name__, e.message)
+        return cli_common.fail(args, type(e).__name__, e.message)
     except (OSError, subprocess.CalledProcessError) as e:
-        return _fail(args, type(e).__name__, str(e))
+        return cli_common.fail(args, type(e).__name__, str(e))
     data, text = result[0], result[1]
     code = result[2] if len(result) > 2 else 0
-    print(json.dumps(data, indent=1, default=str) if args.json else text)
+    cli_common.emit(args, data, text)
     return code
 
-
-def _fail(args, kind: str, message: str) -> int:
-    if args.json:
-        print(json.dumps({'error': kind, 'message': message}))
-    else:
-        print(f'imagebackend: error: {kind}: {message}', file=sys.stderr)
-    return 2
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -9,9 +9,10 @@ The logic lives in :mod:`imagebackend.cache_audit`.
 
 from __future__ import annotations
 
-import argparse
 
 from imagebackend import cache_audit
+
+from driver import cli_common
 
 
 def register(subparsers) -> None:
@@ -30,22 +31,11 @@ def register(subparsers) -> None:
         'period; refused while any instance has disks with no record')
     p.add_argument('--dry-run', action='store_true',
                    help='say what would be removed, remove nothing')
-    p.add_argument('--grace', type=_seconds, default=None, metavar='SECONDS',
+    p.add_argument('--grace', type=cli_common.seconds, default=None, metavar='SECONDS',
                    help='seconds an entry must have been unused (default: '
                         '[image_cache] '
                         'remove_unused_original_minimum_age_seconds)')
     p.set_defaults(func=cmd_clean)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f'{text!r} is not a non-negative number of seconds')
-    return value
 
 
 def _who(disks: list[dict[str, str]]) -> str:

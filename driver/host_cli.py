@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import sys
 
+from driver import cli_common
 from driver import host as host_mod
 from imagebackend import exception
 
@@ -58,17 +57,8 @@ def main(argv: list[str]) -> int:
         host = host_mod.Host(args.config_file, args.config_dir)
         data, text, code = args.func(host, args)
     except exception.ImageBackendError as e:
-        return fail(args, type(e).__name__, e.message)
+        return cli_common.fail(args, type(e).__name__, e.message)
     except OSError as e:
-        return fail(args, type(e).__name__, str(e))
-    print(json.dumps(data, indent=1, default=str) if args.json else text)
+        return cli_common.fail(args, type(e).__name__, str(e))
+    cli_common.emit(args, data, text)
     return code
-
-
-def fail(args, kind: str, message: str) -> int:
-    """Report an error (JSON with --json) and return exit status 2."""
-    if args.json:
-        print(json.dumps({'error': kind, 'message': message}))
-    else:
-        print(f'imagebackend: error: {kind}: {message}', file=sys.stderr)
-    return 2

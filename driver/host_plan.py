@@ -3,11 +3,11 @@ on this host, per disk, without doing it (:mod:`driver.spawn_plan`)."""
 
 from __future__ import annotations
 
-import argparse
 import uuid as uuid_mod
 
 from imagebackend import names
 
+from driver import cli_common
 from driver import instance as instance_mod
 from driver import spawn_plan
 
@@ -24,13 +24,13 @@ def register(subparsers) -> None:
         'spawn', help='per disk: backend, commands, bytes to fetch and '
         'write')
     p.add_argument('--image', required=True, help='image id')
-    p.add_argument('--root-gb', type=_count, default=1,
+    p.add_argument('--root-gb', type=cli_common.count, default=1,
                    help='root disk size in GiB (0: the image\'s size)')
-    p.add_argument('--ephemeral-gb', type=_count, default=0,
+    p.add_argument('--ephemeral-gb', type=cli_common.count, default=0,
                    help='flavor ephemeral disk (disk.local) in GiB')
-    p.add_argument('--swap-mb', type=_count, default=0,
+    p.add_argument('--swap-mb', type=cli_common.count, default=0,
                    help='swap disk size in MiB')
-    p.add_argument('--ephemeral-bdm', type=_count, action='append',
+    p.add_argument('--ephemeral-bdm', type=cli_common.count, action='append',
                    metavar='GB', help='an extra ephemeral disk (repeatable)')
     p.add_argument('--bdm-format', default=None,
                    help='filesystem of --ephemeral-bdm disks')
@@ -44,17 +44,6 @@ def register(subparsers) -> None:
                    help='an existing instance: disks its records say exist '
                         'are kept (default: a new instance)')
     p.set_defaults(func=cmd_plan_spawn)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f'{text!r} is not a non-negative integer')
-    return value
 
 
 def cmd_plan_spawn(host, args):

@@ -7,8 +7,7 @@ import pytest
 from imagebackend import cache_audit
 from imagebackend import plans
 
-from driver import host_cache
-from driver import host_plan
+from driver import cli_common
 
 
 def test_status_is_the_worst_problem():
@@ -26,8 +25,8 @@ def test_status_is_the_worst_problem():
 
 
 @pytest.mark.parametrize('parse, good, bad', [
-    (host_cache._seconds, ('0', '3600', '1.5'), ('-1', 'x')),
-    (host_plan._count, ('0', '20'), ('-1', '1.5', 'x'))])
+    (cli_common.seconds, ('0', '3600', '1.5'), ('-1', 'x')),
+    (cli_common.count, ('0', '20'), ('-1', '1.5', 'x'))])
 def test_cli_numbers(parse, good, bad):
     for text in good:
         assert parse(text) == float(text)
