@@ -113,6 +113,15 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def _needs_root(target: str) -> bool:
+    """Formatting a block device (an LV) needs root (the command goes
+    through imagebackend.privileged); a file is the caller's own."""
+    try:
+        return stat.S_ISBLK(os.stat(target).st_mode)
+    except OSError:
+        return False
+
+
 class _Formatting:
     """Create the target if needed; remove it again only if we made it."""
 
@@ -253,7 +262,7 @@ class Ephemeral:
         """Write the empty filesystem to ``target`` (see module doc)."""
         argv = self.command(target)
         with _Formatting(target, self.size):
-            processes.execute(*argv)
+            processes.execute(*argv, root=_needs_root(target))
 
 
 def mkfs_commands(conf: cfg.ConfigOpts) -> tuple[dict[str, str], str | None]:
@@ -339,7 +348,8 @@ class Swap:
     def __call__(self, target: str) -> None:
         """Write a swap signature to ``target`` (see module doc)."""
         with _Formatting(target, self.size):
-            processes.execute(*self.command(target))
+            processes.execute(*self.command(target),
+                              root=_needs_root(target))
 
 
 # -- config drive -------------------------------------------------------------
@@ -444,7 +454,7 @@ class ConfigDrive:
             if self.fmt == 'vfat':
                 with _Formatting(target, CONFIG_DRIVE_VFAT_SIZE):
                     for cmd in cmds:
-                        processes.execute(*cmd)
+                        processes.execute(*cmd, root=_needs_root(target))
                 return
             # genisoimage creates (or overwrites in place) the target itself.
             existed = os.path.lexists(target)

@@ -69,19 +69,21 @@ def create_volume(target: str, device: str, cipher: str, key_size: int,
     cmd = ('cryptsetup', 'create', _check_name(target), device,
            '--cipher=' + cipher, '--key-size=' + str(int(key_size)),
            '--key-file=-')
-    processes.execute(*cmd,
+    processes.execute(*cmd, root=True,
                       process_input=binascii.hexlify(key).decode('ascii'))
 
 
 def resize_volume(target: str) -> None:
     """Make mapping ``target`` as large as its (grown) device again."""
-    processes.execute('cryptsetup', 'resize', _check_name(target))
+    processes.execute('cryptsetup', 'resize', _check_name(target),
+                      root=True)
 
 
 def delete_volume(target: str) -> None:
     """Remove mapping ``target``; one that is already gone is no error."""
     try:
-        processes.execute('cryptsetup', 'remove', _check_name(target))
+        processes.execute('cryptsetup', 'remove', _check_name(target),
+                          root=True)
     except exception.ProcessError as e:
         if e.exit_code != _NO_DEVICE:
             raise

@@ -22,8 +22,11 @@ option; it would need the image mounted through nbd).
 from __future__ import annotations
 
 import logging
+import os
+import stat
 
 from imagebackend import exception
+from imagebackend import privileged
 from imagebackend import processes
 
 LOG = logging.getLogger(__name__)
@@ -41,12 +44,24 @@ _MBR_SIGNATURE = (510, b'\x55\xaa')
 _GPT_SIGNATURE = (512, b'EFI PART')
 
 
+def _block_device(path: str) -> bool:
+    """A block device (an LV) needs root to be read and repaired; a file
+    is the caller's own."""
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def bare_ext_filesystem(path: str) -> bool:
     """Whether the disk at ``path`` is one ext2/3/4 filesystem from its
     first byte, with no partition table (read in-process, no tool)."""
     try:
-        with open(path, 'rb') as f:
-            head = f.read(_HEAD)
+        if _block_device(path):
+            head = privileged.read_head(path, _HEAD)
+        else:
+            with open(path, 'rb') as f:
+                head = f.read(_HEAD)
     except OSError:
         return False
     if len(head) < _HEAD or \
@@ -68,13 +83,14 @@ def grow_ext(path: str) -> bool:
     if not bare_ext_filesystem(path):
         return False
     try:
-        processes.execute('e2fsck', '-fp', path, check_exit_code=[0, 1, 2])
+        processes.execute('e2fsck', '-fp', path, check_exit_code=[0, 1, 2],
+                          root=_block_device(path))
     except exception.ProcessError as e:
         LOG.warning('the filesystem in %s is not grown: e2fsck found what '
                     'it may not repair unattended: %s', path, e)
         return False
     try:
-        processes.execute('resize2fs', path)
+        processes.execute('resize2fs', path, root=_block_device(path))
     except exception.ProcessError as e:
         LOG.warning('the filesystem in %s was not grown: %s', path, e)
         return False

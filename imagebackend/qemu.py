@@ -35,7 +35,10 @@ def create(path: str, fmt: str, size: int | None = None, *,
 
 def convert(src: str, src_fmt: str, dst: str, dst_fmt: str, *,
             existing_target: bool = False, cache: str | None = None,
-            compress: bool = False) -> None:
+            compress: bool = False, root: bool = False) -> None:
+    """``qemu-img convert`` with explicit formats; ``root=True`` where
+    ``src`` or ``dst`` is a block device (:mod:`imagebackend.privileged`).
+    """
     cmd = ['qemu-img', 'convert', '-q', '-f', src_fmt, '-O', dst_fmt]
     if cache:
         cmd += ['-t', cache]
@@ -44,7 +47,7 @@ def convert(src: str, src_fmt: str, dst: str, dst_fmt: str, *,
     if existing_target:
         cmd.append('-n')
     cmd += [src, dst]
-    processes.execute(*cmd)
+    processes.execute(*cmd, root=root)
 
 
 def rebase_unsafe(path: str, fmt: str, backing: str,

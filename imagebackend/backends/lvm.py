@@ -80,7 +80,11 @@ migrated (its key would have to be fetched on the destination).
 
 Everything runs through :func:`imagebackend.processes.execute`, with the
 environment of the calling process: an LVM configuration (``--config`` in
-``LVM_SYSTEM_DIR``) is the host's business, never this module's.
+``LVM_SYSTEM_DIR``) is the host's business, never this module's. Every
+command on the volume group or the LV's device runs with ``root=True``
+(:mod:`imagebackend.privileged`: a privsep daemon's environment then,
+when the process is not root), and so do the device's fsync
+(:func:`flush_device`) and the filesystem tools on it.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ from imagebackend import formats
 from imagebackend import image
 from imagebackend import models
 from imagebackend import names
+from imagebackend import privileged
 from imagebackend import processes
 from imagebackend import qemu
 from imagebackend import revert
@@ -188,7 +193,7 @@ def base_lv_name(cache_name: str) -> str:
 def flush_device(path: str, location: str | None = None) -> None:
     """fsync the block device ``path`` (DiskNotFound if it is not there)."""
     try:
-        fileutils.fsync_file(path)
+        privileged.fsync(path)
     except FileNotFoundError:
         raise exception.DiskNotFound(location=location or path)
 
@@ -226,7 +231,7 @@ class LogicalVolume:
 def _report(vg: str, *cmd: str) -> str:
     """Run an lvs/vgs report on ``vg``; a missing VG is a typed error."""
     try:
-        out, _err = processes.execute(*cmd, vg)
+        out, _err = processes.execute(*cmd, vg, root=True)
     except exception.ProcessError as e:
         if 'not found' in e.stderr:
             raise exception.BackendUnavailable(
@@ -468,7 +473,7 @@ class Lvm(image.SelfContained, image.Image):
         else:
             cmd = ['-L', f'{size}b', '-n', self.lv, self.vg]
         try:
-            processes.execute('lvcreate', '-y', *cmd)
+            processes.execute('lvcreate', '-y', *cmd, root=True)
         except exception.ProcessError as e:
             # Someone else took the space between vgs and lvcreate.
             if 'insufficient free space' in e.stderr.lower():
@@ -484,7 +489,7 @@ class Lvm(image.SelfContained, image.Image):
     def _write(self, src: str, src_format: str, dst: str) -> None:
         """Write a file's guest bytes into an existing device (no temp)."""
         qemu.convert(src, src_format, dst, 'raw', existing_target=True,
-                     cache='none')
+                     cache='none', root=True)
         # On stable storage before anything relies on it (a record, a
         # base LV's snapshots, the transit file's removal in _settle).
         flush_device(dst)
@@ -522,12 +527,12 @@ class Lvm(image.SelfContained, image.Image):
         base = self._ensure_base(entry, vg)
         with self._creating('image', image_id, 'native') as facts:
             processes.execute('lvcreate', '-y', '-s', '-kn', '-n', self.lv,
-                              f'{self.vg}/{base}')
+                              f'{self.vg}/{base}', root=True)
             final = vg.round(entry.virtual_size)
             if vg.round(wanted) > final:
                 final = vg.round(wanted)
                 processes.execute('lvextend', '-L', f'{final}b',
-                                  f'{self.vg}/{self.lv}')
+                                  f'{self.vg}/{self.lv}', root=True)
             self._grow_filesystem(entry.virtual_size, wanted)
             facts.update(format='raw', virtual_size=final,
                          provenance={'copy': 'thin-snapshot',
@@ -544,9 +549,9 @@ class Lvm(image.SelfContained, image.Image):
             with revert.Reverter() as undo:
                 processes.execute('lvcreate', '-y', '-T',
                                   f'{self.vg}/{self.thin_pool}', '-V',
-                                  f'{size}b', '-n', base)
-                undo.add(lambda: processes.execute('lvremove', '-f',
-                                                   f'{self.vg}/{base}'))
+                                  f'{size}b', '-n', base, root=True)
+                undo.add(lambda: processes.execute(
+                    'lvremove', '-f', f'{self.vg}/{base}', root=True))
                 self._write(entry.path, entry.format,
                             os.path.join(DEVICE_ROOT, self.vg, base))
         return base
@@ -678,7 +683,7 @@ class Lvm(image.SelfContained, image.Image):
             raise InsufficientSpace(vg=self.vg, needed=target - current,
                                     free=vg.free)
         processes.execute('lvextend', '-L', f'{target}b',
-                          f'{self.vg}/{self.lv}')
+                          f'{self.vg}/{self.lv}', root=True)
         if self.encryption is not None and os.path.lexists(self.path):
             dmcrypt.resize_volume(self._mapping)
 
@@ -713,7 +718,8 @@ class Lvm(image.SelfContained, image.Image):
             return
         if not volume.thin:
             self._clear(volume.size)
-        processes.execute('lvremove', '-f', f'{self.vg}/{self.lv}')
+        processes.execute('lvremove', '-f', f'{self.vg}/{self.lv}',
+                          root=True)
 
     def _clear(self, size: int) -> None:
         """Wipe the LV as ``[libvirt] volume_clear`` says (Nova's
@@ -726,9 +732,10 @@ class Lvm(image.SelfContained, image.Image):
             size = bound
         if method == 'zero':
             processes.execute('shred', '-n0', '-z', f'-s{size}',
-                              self.lv_path)
+                              self.lv_path, root=True)
         else:
-            processes.execute('shred', '-n3', f'-s{size}', self.lv_path)
+            processes.execute('shred', '-n3', f'-s{size}', self.lv_path,
+                              root=True)
 
     # -- migration ------------------------------------------------------------
 
@@ -748,7 +755,8 @@ class Lvm(image.SelfContained, image.Image):
         try:
             # Source read with O_DIRECT (-T none); zero blocks become holes.
             processes.execute('qemu-img', 'convert', '-q', '-T', 'none',
-                              '-f', 'raw', '-O', 'raw', self.path, tmp)
+                              '-f', 'raw', '-O', 'raw', self.path, tmp,
+                              root=True)
             relpath = os.path.relpath(self._transfer_path(),
                                       self.conf.instances_path)
             transport.put(host, tmp, relpath, progress=progress)

@@ -538,7 +538,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
 
     def _restore_descriptor(self) -> None:
         processes.execute('ploop', 'restore-descriptor', '-f', 'raw',
-                          self.path, self.data_path)
+                          self.path, self.data_path, root=True)
 
     def _write_descriptor(self, header: formats.ParallelsHeader,
                           directory: str | None = None) -> None:
@@ -591,7 +591,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
         self._require_disk()
         if self.ploop_format == 'raw':
             processes.execute('ploop', 'grow', '-s', f'{size // 1024}K',
-                              self.descriptor_path)
+                              self.descriptor_path, root=True)
             return
         old = formats.read_parallels_header(self.data_path)
         bigger = self.data_path + '.grow'

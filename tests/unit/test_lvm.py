@@ -48,6 +48,7 @@ class FakeLvm:
         self.volumes: dict[str, tuple[int, str]] = {}
         self.calls: list[tuple[str, ...]] = []
         self.fail: dict[str, Exception] = {}
+        self.not_root: list[tuple[str, ...]] = []
 
     @staticmethod
     def _bytes(arg: str) -> int:
@@ -57,6 +58,8 @@ class FakeLvm:
     def __call__(self, *cmd, **kwargs):
         cmd = tuple(str(c) for c in cmd)
         self.calls.append(cmd)
+        if not kwargs.get('root'):
+            self.not_root.append(cmd)
         if cmd[0] in self.fail:
             raise self.fail[cmd[0]]
         args = list(cmd[1:])
@@ -233,6 +236,21 @@ def test_native_image_commands(fake, backend, cached, instance):
     assert (record.format, record.virtual_size, record.location) == (
         'raw', GiB, disk.location)
     assert record.provenance['copy'] == 'qemu-img convert'
+
+
+def test_every_command_is_asked_as_root(fake, conf, backend, cached,
+                                        instance):
+    """LVM commands, writing, growing and wiping the LV need root: each
+    goes through the runner's root path (imagebackend.privileged)."""
+    conf.set_override('volume_clear', 'zero', group='libvirt')
+    disk = backend.by_name(instance, 'disk')
+    disk.create_from_image(None, 'img', GiB)
+    disk.resize_image(2 * GiB)
+    disk.remove_disk()
+    assert {c[0] for c in fake.calls} == {
+        'vgs', 'lvs', 'lvcreate', 'qemu-img', 'lvextend', 'shred',
+        'lvremove'}
+    assert fake.not_root == []
 
 
 def test_sizes_round_up_to_whole_extents(fake, backend, cached, instance):
@@ -502,7 +520,7 @@ def test_allocated_bytes(backend, instance):
             assert disk.allocated_bytes() == expected
         execute.assert_called_once_with(
             'lvs', *REPORT, '-o', 'lv_size,segtype,data_percent',
-            f'{VG}/{disk.lv}')
+            f'{VG}/{disk.lv}', root=True)
     gone = exception.ProcessError(cmd='lvs', exit_code=5,
                                   stderr='Failed to find logical volume')
     with mock.patch.object(processes, 'execute', side_effect=gone):

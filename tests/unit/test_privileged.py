@@ -183,3 +183,50 @@ def test_the_daemon_checks_the_allow_list_itself(driver_daemon):
     head = privileged._entrypoint_for(DRIVER_CONTEXT, 'read_device_head')
     with pytest.raises(privileged.CommandNotAllowed):
         head('/etc/shadow', 100)
+
+
+# -- the callers: root only where root is needed ------------------------------
+
+def test_dm_crypt_commands_are_asked_as_root():
+    from imagebackend import dmcrypt
+    with mock.patch.object(processes, 'execute',
+                           return_value=('', '')) as execute:
+        dmcrypt.create_volume('x-dmcrypt', '/dev/vg/x', 'aes-xts-plain64',
+                              256, b'\0' * 32)
+        dmcrypt.resize_volume('x-dmcrypt')
+        dmcrypt.delete_volume('x-dmcrypt')
+    assert [c.args[:2] for c in execute.call_args_list] == [
+        ('cryptsetup', 'create'), ('cryptsetup', 'resize'),
+        ('cryptsetup', 'remove')]
+    assert all(c.kwargs.get('root') for c in execute.call_args_list)
+
+
+def test_formatting_asks_root_for_a_block_device_only(tmp_path):
+    from driver import templates
+    target = tmp_path / 'swap'
+    with mock.patch.object(processes, 'execute',
+                           return_value=('', '')) as execute:
+        templates.Swap(32 * 1024 * 1024)(str(target))
+        device = '/dev/loop-control'   # a char device: not a block device
+        assert not templates._needs_root(device)
+        blocks = [os.path.join('/dev', n) for n in sorted(os.listdir('/dev'))
+                  if n.startswith('loop') and n[4:].isdigit()]
+        assert blocks, 'no /dev/loopN on this host'
+        assert templates._needs_root(blocks[0])
+    assert execute.call_args.args == ('mkswap', str(target))
+    assert execute.call_args.kwargs.get('root') is False
+
+
+def test_growing_a_filesystem_asks_root_for_a_block_device_only(tmp_path):
+    from imagebackend import filesystems
+    path = tmp_path / 'disk.raw'
+    path.write_bytes(b'\0' * 4096)
+    with mock.patch.object(privileged, 'read_head') as read_head:
+        assert filesystems.bare_ext_filesystem(str(path)) is False
+    read_head.assert_not_called()          # a file: read here
+    device = next(os.path.join('/dev', n) for n in sorted(os.listdir('/dev'))
+                  if n.startswith('loop') and n[4:].isdigit())
+    with mock.patch.object(privileged, 'read_head',
+                           return_value=b'\0' * 2048) as read_head:
+        assert filesystems.bare_ext_filesystem(device) is False
+    read_head.assert_called_once_with(device, 2048)
