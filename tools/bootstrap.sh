@@ -4,6 +4,8 @@
 #   1. apt: installs the Debian packages below (skipped when all of them are
 #      already installed, so re-runs are fast and work offline; skipped
 #      entirely with IMAGEBACKEND_SKIP_APT=1);
+#  1b. creates the system user ibunpriv, which the unprivileged functional
+#      test runs the library as (no home, no login shell);
 #   2. creates .venv in the project root from Debian's /usr/bin/python3
 #      (re-created when it was built from another interpreter, e.g. pyenv);
 #   3. symlinks only Debian's rados/rbd extension modules into the venv
@@ -35,7 +37,13 @@ APT_PACKAGES=(
     # Real storage for the Lvm, Rbd and Ploop backends (real-backends.md):
     # lvm2 on loop devices, a one-node Ceph on loopback, Debian's ploop.
     lvm2 ceph-mon ceph-osd ceph-common ploop btrfs-progs uuid-runtime
+    # The unprivileged run starts its privsep daemon as Nova does:
+    # sudo privsep-helper (tests/functional/test_unprivileged.py).
+    sudo
 )
+
+# The user that test runs the library as (no home, no login).
+UNPRIVILEGED_USER=ibunpriv
 
 say() { echo "bootstrap: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -77,6 +85,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
         run_quiet "apt-get update" "${SUDO[@]}" apt-get -q update
         run_quiet "apt-get install" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
             apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+fi
+
+# --- 1b. the unprivileged test user -------------------------------------------
+if ! getent passwd "$UNPRIVILEGED_USER" >/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then
+        say "creating system user $UNPRIVILEGED_USER (unprivileged test run)"
+        run_quiet "useradd" useradd --system --no-create-home \
+            --home-dir /nonexistent --shell /usr/sbin/nologin "$UNPRIVILEGED_USER"
+    else
+        say "not root: not creating user $UNPRIVILEGED_USER (the test makes it)"
     fi
 fi
 
