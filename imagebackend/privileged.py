@@ -25,24 +25,33 @@ Either way the caller sees the runner's own results and typed errors
 :class:`~imagebackend.exception.ProcessNoSpace`), and the command is
 recorded by :func:`imagebackend.processes.recording` in the caller.
 
-The library's context keeps only ``CAP_SYS_ADMIN`` (what os-brick and
-Nova's ``sys_admin_pctxt`` keep): the daemon itself only starts the
-allowed tools and flushes block devices; its options are the
+The library's context keeps no capabilities: its daemon is uid 0 only to
+start the allowed tools, which get root's capabilities back when they
+are executed as uid 0 (as os-brick's and Nova's tools do), and to open
+block devices, which uid 0 owns (no capability needed). The daemon
+process itself holds none (it still owns root's files); what it may
+start is :data:`ROOT_COMMANDS`. Its options are the
 ``[imagebackend_privileged]`` section (``helper_command``, ``user``,
-``capabilities``...), as ``[privsep_osbrick]`` is os-brick's. A compute
-driver may pass a context of its own to :func:`set_context`: any
-:class:`~oslo_privsep.priv_context.PrivContext` whose ``prefix`` covers
-this module (e.g. ``'imagebackend'``) and whose ``pypath`` names it.
+``capabilities``...: :func:`list_opts`), as ``[privsep_osbrick]`` is
+os-brick's; e.g. ``helper_command = sudo nova-rootwrap
+/etc/nova/rootwrap.conf privsep-helper --config-file /etc/nova/nova.conf``.
+
+A compute driver may pass a context of its own to :func:`set_context`:
+any :class:`~oslo_privsep.priv_context.PrivContext` whose ``prefix``
+covers this module (e.g. ``'imagebackend'``: oslo.privsep binds
+entrypoints only below a context's prefix, so Nova's own
+``sys_admin_pctxt``, prefix ``'nova'``, cannot be one) and whose
+``pypath`` names it.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import stat
 import threading
 from typing import Any, Sequence
 
-from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 from oslo_utils import importutils
 
@@ -54,7 +63,7 @@ default = priv_context.PrivContext(
     'imagebackend',
     cfg_section='imagebackend_privileged',
     pypath=__name__ + '.default',
-    capabilities=[caps.CAP_SYS_ADMIN],
+    capabilities=[],   # see the module doc: the tools need none from it
     logger_name=__name__ + '.daemon',
 )
 
@@ -110,6 +119,12 @@ def check_command(cmd: Sequence[str]) -> None:
         raise CommandNotAllowed(
             cmd=shown, reason=f'{program} may only run '
             f'{", ".join(sorted(allowed))} as root')
+
+
+def list_opts() -> list[tuple[str, list]]:
+    """The ``[imagebackend_privileged]`` options (oslo.config's
+    sample-config and Sphinx hooks)."""
+    return [(default.cfg_section, copy.deepcopy(priv_context.OPTS))]
 
 
 # -- which context ------------------------------------------------------------

@@ -230,3 +230,11 @@ def test_growing_a_filesystem_asks_root_for_a_block_device_only(tmp_path):
                            return_value=b'\0' * 2048) as read_head:
         assert filesystems.bare_ext_filesystem(device) is False
     read_head.assert_called_once_with(device, 2048)
+
+
+def test_the_librarys_context_keeps_no_capabilities():
+    from oslo_config import cfg
+    assert cfg.CONF[privileged.default.cfg_section].capabilities == []
+    [(section, opts)] = privileged.list_opts()
+    assert section == 'imagebackend_privileged'
+    assert {'helper_command', 'user', 'capabilities'} <= {o.name for o in opts}
