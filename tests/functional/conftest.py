@@ -32,6 +32,21 @@ def run(*cmd: str) -> str:
                           text=True).stdout
 
 
+def host_cli(repo_root, conf, *args: str,
+             expect=None) -> tuple[int, dict]:
+    """The real CLI in host mode (``--config-file conf --json args``), in
+    a subprocess: its exit status and parsed output. ``expect``: the exit
+    statuses allowed (default: any)."""
+    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    done = subprocess.run(
+        [str(repo_root / '.venv' / 'bin' / 'python'), '-m', 'driver.cli',
+         '--config-file', str(conf), '--json', *args],
+        capture_output=True, text=True, env=env, cwd=str(repo_root))
+    if expect is not None:
+        assert done.returncode in expect, done.stderr + done.stdout
+    return done.returncode, json.loads(done.stdout)
+
+
 def qemu_info(path: str, fmt: str | None = None) -> dict:
     cmd = ['qemu-img', 'info', '--output=json', '-U']
     if fmt:

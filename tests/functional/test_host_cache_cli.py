@@ -13,8 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid as uuid_mod
 
@@ -30,7 +28,7 @@ from imagebackend import records as records_mod
 from driver import host as host_mod
 from driver import host_cache
 from driver import templates
-from tests.functional.conftest import qemu_info, run, tree
+from tests.functional.conftest import host_cli, qemu_info, run, tree
 from tests.hosts import Instance, MiB
 
 OLD = 10_000  # seconds: older than any grace the tests use
@@ -57,12 +55,7 @@ def site(tmp_path):
 
 def cli(repo_root, site, *args):
     """The real CLI in a subprocess: (exit code, parsed JSON output)."""
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
-    done = subprocess.run(
-        [sys.executable, '-m', 'driver.cli', '--config-file',
-         str(site / 'nova.conf'), '--json', *args],
-        capture_output=True, text=True, env=env, cwd=str(repo_root))
-    return done.returncode, json.loads(done.stdout)
+    return host_cli(repo_root, site / 'nova.conf', *args)
 
 
 def image(site, image_id, fmt='raw', size=16 * MiB):

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid as uuid_mod
 
 import pytest
 
 from imagebackend import names
-from tests.functional.conftest import qemu_info, run
+from tests.functional.conftest import host_cli, qemu_info, run
 from tests.functional.test_nova_mixed_hosts import make_image, nova
 from tests.functional.test_records_truth import guest_writes_qcow2_header
 from tests.hosts import GiB, MiB
@@ -130,13 +129,7 @@ def nova_hosts(tmp_path_factory, repo_root):
 def cli(repo_root, host: NovaHost, *args: str,
         expect=(0, 1)) -> tuple[int, dict]:
     """Run the real CLI (host mode, --json); its exit status and output."""
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
-    done = subprocess.run(
-        [str(repo_root / '.venv' / 'bin' / 'python'), '-m', 'driver.cli',
-         '--config-file', host.conf, '--json', *args],
-        capture_output=True, text=True, env=env, cwd=str(repo_root))
-    assert done.returncode in expect, done.stderr + done.stdout
-    return done.returncode, json.loads(done.stdout)
+    return host_cli(repo_root, host.conf, *args, expect=expect)
 
 
 def by_disk(result) -> dict:

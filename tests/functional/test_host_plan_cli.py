@@ -4,10 +4,7 @@ spawn, whose commands must be the ones the plan said."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import uuid as uuid_mod
 
 import pytest
@@ -18,7 +15,7 @@ from imagebackend import processes
 from driver import flows
 from driver import host as host_mod
 from driver import instance as instance_mod
-from tests.functional.conftest import run, tree
+from tests.functional.conftest import host_cli, run, tree
 from tests.hosts import GiB, MiB
 
 
@@ -36,12 +33,7 @@ def site(tmp_path):
 
 
 def cli(repo_root, site, *args):
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
-    done = subprocess.run(
-        [sys.executable, '-m', 'driver.cli', '--config-file',
-         str(site / 'nova.conf'), '--json', 'plan', 'spawn', *args],
-        capture_output=True, text=True, env=env, cwd=str(repo_root))
-    return done.returncode, json.loads(done.stdout)
+    return host_cli(repo_root, site / 'nova.conf', 'plan', 'spawn', *args)
 
 
 def commands(plan) -> list[tuple[str, ...]]:
