@@ -182,6 +182,33 @@ class ImageCache:
         return exception.CorruptCacheEntry(name=name, path=self.path(name),
                                            reason=reason)
 
+    # How often data seen without its sidecar is looked at again before it
+    # is called corrupt (each look needs a publish or removal to race it).
+    _OBSERVATIONS = 3
+
+    def _observe(self, name: str) -> CacheEntry | None:
+        """:meth:`get`, but data without a sidecar raises CorruptCacheEntry.
+
+        Unlocked, and another thread or process may publish or remove the
+        entry meanwhile: a publish writes the sidecar before renaming the
+        data in, a removal deletes the data before the sidecar, so data
+        that was there *before* the sidecar was found missing has no
+        sidecar only if a removal ran in between (the data is gone again
+        then) or the entry really lacks one. Looking at the data first
+        and the sidecar second (never the other way round: a publish may
+        land between the two) tells these apart.
+        """
+        path = self.path(name)
+        for _ in range(self._OBSERVATIONS):
+            present = os.path.exists(path)
+            entry = self.get(name)
+            if entry is not None or not present:
+                return entry
+        raise self._corrupt(
+            name, 'its data has no sidecar, so nothing says what its bytes '
+                  'should be; remove the entry to fetch or make it again, '
+                  'or adopt it explicitly (ImageCache.adopt)')
+
     def check(self, name: str) -> CacheEntry | None:
         """The entry ``name`` if its data still has its digest; None if
         there is no entry. Raise CorruptCacheEntry for data without a
@@ -192,14 +219,8 @@ class ImageCache:
         match records the new ``data_stat``.
         """
         path = self.path(name)
-        entry = self.get(name)
+        entry = self._observe(name)
         if entry is None:
-            if os.path.exists(path):
-                raise self._corrupt(
-                    name, 'its data has no sidecar, so nothing says what '
-                          'its bytes should be; remove the entry to fetch '
-                          'or make it again, or adopt it explicitly '
-                          '(ImageCache.adopt)')
             return None
         try:
             st = os.stat(path)
