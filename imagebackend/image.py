@@ -30,6 +30,7 @@ from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
 from imagebackend import libvirt_config
+from imagebackend import locks
 from imagebackend import names
 from imagebackend import processes
 from imagebackend import qemu
@@ -163,6 +164,14 @@ class Image(abc.ABC):
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
+    def _instance_locked(self):
+        """The instance's lock (re-entrant per thread: see
+        :mod:`imagebackend.locks`); nothing for a disk opened by path
+        without its instance."""
+        if self.instance is None:
+            return contextlib.nullcontext()
+        return locks.instance_lock(self.conf, self.instance_uuid)
+
     def _require_disk(self) -> None:
         if not self.exists():
             raise exception.DiskNotFound(location=self.location)
@@ -236,6 +245,12 @@ class Image(abc.ABC):
         """Nova's entry point, with Nova's meaning (see nova-behaviour 1.3),
         plus a metadata record for any disk it creates."""
         names.check_cache_name(filename)
+        # Whether the disk exists is decided, and acted on, under the
+        # instance's lock (see _creating).
+        with self._instance_locked():
+            self._cache(fetch_func, filename, size, safe, *args, **kwargs)
+
+    def _cache(self, fetch_func, filename, size, safe, *args, **kwargs):
         cache = self.image_cache
         cache.ensure_dirs()
         base = cache.path(filename)
@@ -338,6 +353,19 @@ class Image(abc.ABC):
             raise exception.InvalidInput(
                 reason='a disk opened by path cannot be created')
         encryption_mod.refuse_unencrypted_creation(self)
+        # The instance's lock (re-entrant: the driver's flows hold it
+        # already) from the "does it exist" decision to the record saying
+        # created: two threads or processes creating one disk through this
+        # API would otherwise both decide to, and the loser's undo would
+        # remove the winner's disk under its `created` record.
+        with self._instance_locked():
+            with self._creating_locked(source_type, source_id,
+                                       creation_path, **provenance) as facts:
+                yield facts
+
+    @contextlib.contextmanager
+    def _creating_locked(self, source_type: str, source_id: str | None,
+                         creation_path: str, **provenance) -> Iterator[dict]:
         if self.exists():
             raise exception.DiskExists(location=self.location)
         uuid = self.instance_uuid
@@ -446,6 +474,10 @@ class Image(abc.ABC):
 
     def delete(self) -> None:
         """Delete the disk and then its record."""
+        with self._instance_locked():
+            self._delete()
+
+    def _delete(self) -> None:
         self.remove_disk()
         if self.disk_name is not None and self.instance is not None:
             self.records.delete(self.instance_uuid, self.disk_name)

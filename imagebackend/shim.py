@@ -75,23 +75,28 @@ def _begin(image, cache_name: str) -> None:
 def create_from_image(image, context: Any, image_id: str,
                       size: int | None = None,
                       fallback: str | None = None) -> None:
-    _begin(image, names.image_cache_name(image_id))
-    with image.creation_path('shim'):
-        image.cache(fetch_func=_image_fetcher(image, fallback, size),
-                    filename=names.image_cache_name(image_id), size=size,
-                    context=context, image_id=image_id)
+    # One decision, under the instance's lock: "missing" here must still
+    # hold when cache() looks (it would take a disk another thread made
+    # meanwhile for one to keep).
+    with image._instance_locked():
+        _begin(image, names.image_cache_name(image_id))
+        with image.creation_path('shim'):
+            image.cache(fetch_func=_image_fetcher(image, fallback, size),
+                        filename=names.image_cache_name(image_id), size=size,
+                        context=context, image_id=image_id)
 
 
 def create_from_func(image, context: Any, func: Callable[[str], None],
                      cache_name: str, size: int | None = None,
                      fallback: str | None = None) -> None:
     names.check_cache_name(cache_name)
-    _begin(image, cache_name)
-    with image.creation_path('shim'):
-        image.cache(fetch_func=_template_fetcher(image, func, cache_name,
-                                                 fallback),
-                    filename=cache_name, size=size, safe=True,
-                    context=context, **template_kwargs(cache_name, size))
+    with image._instance_locked():  # as in create_from_image
+        _begin(image, cache_name)
+        with image.creation_path('shim'):
+            image.cache(fetch_func=_template_fetcher(image, func, cache_name,
+                                                     fallback),
+                        filename=cache_name, size=size, safe=True,
+                        context=context, **template_kwargs(cache_name, size))
 
 
 def _require_disk(image) -> None:

@@ -315,3 +315,43 @@ def test_check_while_an_entry_is_published(backend, switch_often):
     os.unlink(cache.path('tpl_0') + names.META_SUFFIX)
     with pytest.raises(exception.CorruptCacheEntry, match='no sidecar'):
         cache.check('tpl_0')
+
+
+@pytest.mark.parametrize('image_type', ('flat', 'qcow2'))
+def test_two_threads_create_one_disk_through_the_api(host, make_image,
+                                                     switch_often,
+                                                     image_type):
+    """Two threads create the same disk with Image.create_from_image (no
+    flow, so no lock of the caller's): one makes it, the other is told it
+    exists (DiskExists), and the disk is there, whole, as its record says.
+    Before, both decided it was missing and the loser's undo removed the
+    winner's disk under its `created` record (or qemu-img made it twice)."""
+    make_image('img', 'raw', 16 * MiB)
+    backend = imagebackend.Backend(conf=host)
+    for _ in range(8):
+        inst = instance_mod.Instance(image_ref='img')
+        barrier = threading.Barrier(2)
+        outcomes: list = []
+
+        def create():
+            disk = backend.by_name(inst, 'disk', image_type)
+            barrier.wait(GUARD)
+            try:
+                disk.create_from_image(None, 'img', 32 * MiB)
+                outcomes.append('made')
+            except exception.DiskExists:
+                outcomes.append('exists')
+            except BaseException:
+                outcomes.append(traceback.format_exc())
+
+        threads = [threading.Thread(target=create) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(GUARD)
+            assert not t.is_alive()
+        assert sorted(outcomes) == ['exists', 'made'], outcomes
+        record = backend.records.get(inst.uuid, 'disk')
+        assert record.state == records_mod.CREATED
+        path = os.path.join(host.instances_path, inst.uuid, 'disk')
+        assert qemu_info(path, record.format)['virtual-size'] == 32 * MiB
