@@ -591,7 +591,27 @@ class Image(abc.ABC):
         return self.get_disk_size(self.path)
 
     def resize_image(self, size: int) -> None:
-        """Grow the disk to ``size`` bytes; refuse to shrink it."""
+        """Grow the disk to ``size`` bytes; refuse to shrink it.
+
+        Decided under the instance's lock, from the record as it is stored
+        then (one read when the disk was opened may be stale): two
+        resizes of one disk at once, each deciding from the size before
+        the other, would otherwise shrink what the other grew and leave a
+        record of the wrong size. Backends grow in :meth:`_resize_image`.
+        """
+        with self._instance_locked():
+            self._reload_record()
+            self._resize_image(size)
+
+    def _reload_record(self) -> None:
+        """Read the record again when next asked; not a moved disk's,
+        which is this host's view of it kept in memory until it settles."""
+        if self.moved_from is None and self.instance is not None and \
+                self.disk_name is not None:
+            self._record = None
+
+    def _resize_image(self, size: int) -> None:
+        """resize_image under the instance's lock (backends override)."""
         current = self.virtual_size()
         if size < current:
             raise exception.CannotShrink(path=self.location, current=current,

@@ -168,14 +168,14 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
     def _grow(self, size: int) -> None:
         qemu.resize(self.path, self.driver_format, size)
 
-    def resize_image(self, size: int) -> None:
+    def _resize_image(self, size: int) -> None:
         """Grow the disk; a raw disk that is one bare ext2/3/4 filesystem
         gets its filesystem grown too (Nova's ``disk.api.extend``), after
         the record says the new size: the disk has it whatever becomes of
         the filesystem."""
         raw = self.driver_format == 'raw' and os.path.isfile(self.path)
         before = os.path.getsize(self.path) if raw else None
-        super().resize_image(size)
+        super()._resize_image(size)
         if raw and os.path.getsize(self.path) > before:
             self._grow_filesystem()
 

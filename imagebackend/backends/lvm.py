@@ -661,7 +661,7 @@ class Lvm(image.SelfContained, image.Image):
 
     # -- size -----------------------------------------------------------------
 
-    def resize_image(self, size: int) -> None:
+    def _resize_image(self, size: int) -> None:
         """Grow the LV to ``size`` bytes (rounded up to whole extents)."""
         vg = volume_group(self.vg)
         target = vg.round(size)

@@ -575,7 +575,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
                                      QEMU_FORMATS[fmt])
         return super().get_disk_size(name)
 
-    def resize_image(self, size: int) -> None:
+    def _resize_image(self, size: int) -> None:
         """Grow to ``size`` rounded up to whole MiB; refuse to shrink."""
         current = self.virtual_size()
         if size < current:

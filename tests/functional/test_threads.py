@@ -387,3 +387,49 @@ def test_two_threads_create_one_disk_through_the_api(host, make_image,
         assert record.state == records_mod.CREATED
         path = os.path.join(host.instances_path, inst.uuid, 'disk')
         assert qemu_info(path, record.format)['virtual-size'] == 32 * MiB
+
+
+@pytest.mark.parametrize('image_type', ('flat', 'qcow2'))
+def test_two_threads_resize_one_disk_through_the_api(host, make_image,
+                                                     switch_often,
+                                                     image_type):
+    """Two threads grow the same disk with Image.resize_image, each from
+    a disk object opened (and its record read) before either started:
+    the result is a serial one -- 48 MiB then 64, or 64 then 48 refused
+    (CannotShrink) -- and disk and record agree at 64 MiB. Before, each
+    decided from the size it had read, so one could shrink what the
+    other grew (a raw disk cut back to 48 MiB under a record saying 64),
+    or leave a record saying 48 on a 64 MiB disk."""
+    make_image('img', 'raw', 16 * MiB)
+    backend = imagebackend.Backend(conf=host)
+    for _ in range(8):
+        inst = instance_mod.Instance(image_ref='img')
+        backend.by_name(inst, 'disk', image_type).create_from_image(
+            None, 'img', 32 * MiB)
+        barrier = threading.Barrier(2)
+        outcomes: dict = {}
+
+        def resize(size):
+            disk = backend.from_metadata(inst, 'disk')
+            barrier.wait(GUARD)
+            try:
+                disk.resize_image(size)
+                outcomes[size] = 'grown'
+            except exception.CannotShrink:
+                outcomes[size] = 'refused'
+            except BaseException:
+                outcomes[size] = traceback.format_exc()
+
+        threads = [threading.Thread(target=resize, args=(s,))
+                   for s in (64 * MiB, 48 * MiB)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(GUARD)
+            assert not t.is_alive()
+        assert outcomes[64 * MiB] == 'grown', outcomes
+        assert outcomes[48 * MiB] in ('grown', 'refused'), outcomes
+        record = backend.records.get(inst.uuid, 'disk')
+        path = os.path.join(host.instances_path, inst.uuid, 'disk')
+        assert record.virtual_size == 64 * MiB
+        assert qemu_info(path, record.format)['virtual-size'] == 64 * MiB
