@@ -105,6 +105,7 @@ from imagebackend import fileutils
 from imagebackend import formats
 from imagebackend import image
 from imagebackend import names
+from imagebackend import plans
 from imagebackend import processes
 from imagebackend import qemu
 from imagebackend.backends import localfile
@@ -123,6 +124,8 @@ CLUSTER = BLOCKSIZE * SECTOR
 # Nova's pcs_format names -> the descriptor's image Type, and qemu's name.
 TYPES = {'raw': 'Plain', 'expanded': 'Compressed'}
 QEMU_FORMATS = {'raw': 'raw', 'expanded': 'parallels'}
+# In a plan, for a cluster size known only once the image is fetched.
+CLUSTER_OF_THE_IMAGE = "<the image's cluster size>"
 _PLAIN_NAME = re.compile(r'[A-Za-z0-9._-]{1,255}')
 
 
@@ -515,6 +518,121 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
         header = finish_expanded(data)
         self._write_descriptor(header)
         return how, header.virtual_size
+
+    # -- the plan (imagebackend.plans) ---------------------------------------
+
+    def plan_create(self, source_type, source_id, func, size):
+        """What create_from_image / create_from_func above would do
+        (create_from_content is create_from_func here), in their order."""
+        if source_type in ('func', 'content'):
+            try:
+                names.check_cache_name(source_id)
+            except exception.ImageBackendError as e:
+                raise plans.Refused(e, [])
+            written = getattr(func, 'size', None)
+            steps = self._plan_dir() + plans.write_with(func, self.data_path,
+                                                        written)
+            return steps + self._plan_presize(written, size) + [
+                self._plan_restore_descriptor()]
+        base, steps = plans.plan_image(self.image_cache, source_id, size)
+        fmt = self._format_for(base.format)
+        steps += self._plan_dir()
+        src, data, vsize = base.path, self.data_path, base.virtual_size
+        if fmt == 'raw':
+            if base.format == 'raw':
+                steps.append(plans.Step(
+                    f'copy {src} to {data} (reflink, else only its data '
+                    'extents, in-kernel)',
+                    write_bytes=(os.stat(src).st_blocks * 512
+                                 if base.cached else vsize or 0)))
+            else:  # force_raw_images, but the entry predates it
+                steps.append(plans.Step(
+                    f'convert {src} to raw at {data}',
+                    command=('qemu-img', 'convert', '-q', '-f', base.format,
+                             '-O', 'raw', src, data),
+                    write_bytes=vsize or 0))
+            return steps + self._plan_presize(vsize, size) + [
+                self._plan_restore_descriptor()]
+        grow = bool(size) and (vsize is None or round_size(size) > vsize)
+        small = (f'if the image is smaller than {round_size(size)} bytes'
+                 if grow and vsize is None else None)
+        # As _write_data: a parallels base's header (its cluster size; an
+        # entry not yet fetched is inspected as parallels on the way in).
+        header = (formats.read_parallels_header(src)
+                  if base.format == 'parallels' and base.cached else None)
+        parallels = header is not None or (base.format == 'parallels' and
+                                           not base.cached)
+        if grow:
+            cluster = (str(header.cluster_size) if header else
+                       CLUSTER_OF_THE_IMAGE if parallels else str(CLUSTER))
+            steps += self._plan_grown_copy(base, round_size(size), cluster,
+                                           small)
+        if not grow or small:
+            other = 'otherwise' if small else None
+            if parallels:
+                steps.append(plans.Step(
+                    f'copy {src} to {data} (reflink, else only its data '
+                    'extents, in-kernel)', when=other,
+                    write_bytes=(os.stat(src).st_blocks * 512
+                                 if base.cached else vsize or 0)))
+            else:
+                steps.append(plans.Step(
+                    f'convert {src} to ploop\'s expanded format at {data}',
+                    command=('qemu-img', 'convert', '-q', '-f', base.format,
+                             '-O', 'parallels', src, data),
+                    write_bytes=vsize or 0, when=other))
+        return steps + [plans.Step(
+            f'fill the holes of {data} and set its header\'s "empty" flag '
+            f'as ploop wants, then write {self.descriptor_path} '
+            '(in-process)')]
+
+    def _plan_dir(self) -> list[plans.Step]:
+        """``_make_dir``: a directory an interrupted creation left goes."""
+        if os.path.isdir(self.path) and not os.path.islink(self.path) and \
+                not os.path.exists(self.descriptor_path):
+            return [plans.Step(f'remove {self.path}: a ploop directory '
+                               'without a descriptor, left by an '
+                               'interrupted creation'),
+                    plans.Step(f'make the directory {self.path}')]
+        return [plans.Step(f'make the directory {self.path}')]
+
+    def _plan_presize(self, current: int | None,
+                      size: int | None) -> list[plans.Step]:
+        """``_presize``: a truncate, when the raw data is not yet whole
+        clusters of at least ``size`` bytes."""
+        if current is not None and \
+                round_size(max(current, size or 0)) == current:
+            return []
+        final = (round_size(max(current, size or 0)) if current is not None
+                 else None)
+        return [plans.Step(
+            f'extend {self.data_path} to '
+            + (f'{final} bytes' if final else
+               f'whole MiB, at least {size or 0} bytes') + ' (truncate)',
+            when=None if current is not None else
+            'if its size is not already that')]
+
+    def _plan_restore_descriptor(self) -> plans.Step:
+        return plans.Step(
+            f'write {self.descriptor_path} (ploop, as root)',
+            command=('ploop', 'restore-descriptor', '-f', 'raw', self.path,
+                     self.data_path))
+
+    def _plan_grown_copy(self, base, size: int, cluster: str,
+                         when: str | None) -> list[plans.Step]:
+        """``_write_data``'s copy straight into an image of ``size``."""
+        return [
+            plans.Step(f'an empty expanded image of {size} bytes at '
+                       f'{self.data_path}',
+                       command=('qemu-img', 'create', '-q', '-f',
+                                'parallels', '-o', f'cluster_size={cluster}',
+                                self.data_path, str(size)), when=when),
+            plans.Step(f'copy {base.path} into it',
+                       command=('qemu-img', 'convert', '-q', '-n',
+                                '--target-is-zero', '-f', base.format,
+                                '-O', 'parallels', base.path,
+                                self.data_path),
+                       write_bytes=base.virtual_size or size, when=when)]
 
     # -- steps -----------------------------------------------------------------
 
