@@ -98,6 +98,7 @@ from typing import Any, Callable, ClassVar
 
 from oslo_utils import units
 
+from imagebackend import cache_audit
 from imagebackend import dmcrypt
 from imagebackend import encryption as encryption_mod
 from imagebackend import exception
@@ -107,6 +108,7 @@ from imagebackend import formats
 from imagebackend import image
 from imagebackend import models
 from imagebackend import names
+from imagebackend import plans
 from imagebackend import privileged
 from imagebackend import processes
 from imagebackend import qemu
@@ -138,6 +140,8 @@ _RESERVED_PARTS = ('_cdata', '_cmeta', '_corig', '_cpool', '_cvol', '_iorig',
 
 # lvs/vgs answers are parsed, so always ask for the same plain shape.
 _REPORT = ('--noheadings', '--nosuffix', '--units', 'b', '--separator', '|')
+_VGS = ('vgs', *_REPORT, '-o', 'vg_name,vg_size,vg_free,vg_extent_size')
+_LVS = ('lvs', *_REPORT, '-o', 'lv_name,lv_size,segtype')
 
 
 class InsufficientSpace(exception.ImageBackendError):
@@ -241,8 +245,7 @@ def _report(vg: str, *cmd: str) -> str:
 
 
 def volume_group(vg: str) -> VolumeGroup:
-    out = _report(vg, 'vgs', *_REPORT, '-o',
-                  'vg_name,vg_size,vg_free,vg_extent_size')
+    out = _report(vg, *_VGS)
     for line in out.splitlines():
         fields = [f.strip() for f in line.split('|')]
         if len(fields) == 4 and fields[0] == vg:
@@ -254,7 +257,7 @@ def volume_group(vg: str) -> VolumeGroup:
 
 def logical_volumes(vg: str) -> dict[str, LogicalVolume]:
     """Every LV of ``vg`` now (never cached: LVs come and go)."""
-    out = _report(vg, 'lvs', *_REPORT, '-o', 'lv_name,lv_size,segtype')
+    out = _report(vg, *_LVS)
     found: dict[str, LogicalVolume] = {}
     for line in out.splitlines():
         fields = [f.strip() for f in line.split('|')]
@@ -443,14 +446,32 @@ class Lvm(image.SelfContained, image.Image):
         """The VG; with ``needed``, refuse unless that much is free (thick
         LVs only: a thin pool is overcommitted on purpose)."""
         vg = volume_group(self.vg)
-        if needed is not None and not self.thin_pool:
+        if needed is not None:
+            self._require_free(vg, needed)
+        return vg
+
+    def _require_free(self, vg: VolumeGroup, needed: int) -> None:
+        if not self.thin_pool:
             needed = vg.round(needed)
             if self.sparse:
                 needed = min(needed, vg.round(SPARSE_PREALLOCATED))
             if needed > vg.free:
                 raise InsufficientSpace(vg=self.vg, needed=needed,
                                         free=vg.free)
-        return vg
+
+    def _lvcreate_command(self, size: int, vg: VolumeGroup
+                          ) -> tuple[str, ...]:
+        """The ``lvcreate`` of this disk's LV of ``size`` (rounded up)."""
+        size = vg.round(size)
+        if self.thin_pool:
+            cmd = ['-T', f'{self.vg}/{self.thin_pool}', '-V', f'{size}b',
+                   '-n', self.lv]
+        elif self.sparse:
+            cmd = ['-L', f'{vg.round(SPARSE_PREALLOCATED)}b',
+                   '--virtualsize', f'{size}b', '-n', self.lv, self.vg]
+        else:
+            cmd = ['-L', f'{size}b', '-n', self.lv, self.vg]
+        return ('lvcreate', '-y', *cmd)
 
     def _lvcreate(self, size: int, vg: VolumeGroup,
                   key: bytes | None = None) -> int:
@@ -463,17 +484,10 @@ class Lvm(image.SelfContained, image.Image):
                 key_uuid=getattr(self.encryption, 'key_uuid', None),
                 disk=self.location, reason='no key was fetched for it'
                 if key is None else 'the disk is not to be encrypted')
+        command = self._lvcreate_command(size, vg)
         size = vg.round(size)
-        if self.thin_pool:
-            cmd = ['-T', f'{self.vg}/{self.thin_pool}', '-V', f'{size}b',
-                   '-n', self.lv]
-        elif self.sparse:
-            cmd = ['-L', f'{vg.round(SPARSE_PREALLOCATED)}b',
-                   '--virtualsize', f'{size}b', '-n', self.lv, self.vg]
-        else:
-            cmd = ['-L', f'{size}b', '-n', self.lv, self.vg]
         try:
-            processes.execute('lvcreate', '-y', *cmd, root=True)
+            processes.execute(*command, root=True)
         except exception.ProcessError as e:
             # Someone else took the space between vgs and lvcreate.
             if 'insufficient free space' in e.stderr.lower():
@@ -570,6 +584,165 @@ class Lvm(image.SelfContained, image.Image):
             final = self._lvcreate(size, vg, key)
             func(self.path)
             facts.update(format='raw', virtual_size=final)
+
+    # -- plans (what creation would do, doing nothing) -----------------------
+
+    def plan_create(self, source_type, source_id, func, size):
+        """What create_from_image / create_from_func above would do
+        (create_from_content is create_from_func here), after the spawn
+        flow's own ``lvs`` (is the disk there?). Reads the volume group
+        (``vgs``, and ``lvs`` for a thin base) for sizes and free space;
+        never fetches an encryption key."""
+        steps = [self._plan_lvs(f'is {self.location} there? (the spawn '
+                                'flow asks before creating it)')]
+        try:
+            if source_type in ('func', 'content'):
+                self._plan_func(steps, source_id, size)
+                steps += plans.write_with(func, self.path, size)
+            else:
+                self._plan_image(steps, source_id, size)
+        except plans.Refused as e:
+            raise plans.Refused(e.error, steps + e.steps)
+        except exception.ImageBackendError as e:
+            raise plans.Refused(e, steps)
+        return steps
+
+    def _plan_lvs(self, what: str) -> plans.Step:
+        return plans.Step(what, command=(*_LVS, self.vg))
+
+    def _plan_group(self, steps: list, needed: int | None) -> VolumeGroup:
+        """``_group``'s step, and its answer read now (read-only)."""
+        steps.append(plans.Step(f'read volume group {self.vg} (size, free '
+                                'space, extent size)',
+                                command=(*_VGS, self.vg)))
+        vg = volume_group(self.vg)
+        if needed is not None:
+            self._require_free(vg, needed)
+        return vg
+
+    def _plan_key(self, steps: list) -> None:
+        """``_encryption_key``: refused, or the key fetched (a step)."""
+        encryption_mod.refuse_unencrypted_creation(self)
+        if self.encryption is not None:
+            steps.append(plans.Step(
+                f'fetch key {self.encryption.key_uuid} from the key manager '
+                '(it goes to cryptsetup on stdin, never on a command line)'))
+
+    def _plan_lvcreate(self, steps: list, size: int | None,
+                       vg: VolumeGroup) -> None:
+        """``_creating``'s check, then ``_lvcreate`` (and the mapping)."""
+        steps.append(self._plan_lvs(f'check {self.location} does not exist'))
+        if size is None:
+            steps.append(plans.Step(
+                f'create LV {self.location} of the image\'s virtual size '
+                '(known once it is fetched)'))
+        else:
+            steps.append(plans.Step(
+                f'create LV {self.location} of {vg.round(size)} bytes',
+                command=self._lvcreate_command(size, vg)))
+        if self.encryption is not None:
+            enc = self.encryption
+            steps.append(plans.Step(
+                f'map {self.lv_path} as {self.path} (dm-crypt {enc.cipher}, '
+                f'{enc.key_size}-bit key)',
+                command=('cryptsetup', 'create', self._mapping, self.lv_path,
+                         '--cipher=' + enc.cipher,
+                         '--key-size=' + str(int(enc.key_size)),
+                         '--key-file=-')))
+
+    def _plan_func(self, steps: list, cache_name: str,
+                   size: int | None) -> None:
+        names.check_cache_name(cache_name)
+        if not size:
+            raise exception.InvalidInput(
+                reason='an LVM disk made by a function needs a size')
+        self._plan_key(steps)
+        vg = self._plan_group(steps, size)
+        self._plan_lvcreate(steps, size, vg)
+
+    def _plan_image(self, steps: list, image_id: str,
+                    size: int | None) -> None:
+        self._plan_key(steps)
+        base, cache_steps = plans.plan_image(self.image_cache, image_id,
+                                             size)
+        steps += cache_steps
+        vsize = base.virtual_size
+        # Unknown until fetched: the flavor's size, unless the image is
+        # bigger (then DiskTooSmall once it is fetched).
+        wanted = max(size or 0, vsize) if vsize is not None else size
+        if self.thin_snapshots:
+            self._plan_snapshot(steps, base, wanted)
+            return
+        vg = self._plan_group(steps, wanted)
+        self._plan_lvcreate(steps, wanted, vg)
+        steps.append(self._plan_write(base, self.path))
+        steps += self._plan_grow_fs(base, wanted)
+
+    def _plan_write(self, base: plans.Base, dst: str) -> plans.Step:
+        """``_write``: the image's guest bytes into the device (zeroes
+        included: a device is not known to read as zeroes)."""
+        return plans.Step(
+            f'write the image\'s guest bytes from {base.path} into {dst}',
+            command=('qemu-img', 'convert', '-q', '-f', base.format, '-O',
+                     'raw', '-t', 'none', '-n', base.path, dst),
+            write_bytes=base.virtual_size or 0)
+
+    def _plan_snapshot(self, steps: list, base: plans.Base,
+                       wanted: int | None) -> None:
+        """``_snapshot_of``: the thin base LV (made once), a snapshot of
+        it, grown to the flavor's size."""
+        vg = self._plan_group(steps, None)
+        name = base_lv_name(base.name)
+        steps.append(self._plan_lvs(f'is thin base LV {self.vg}/{name} '
+                                    'there?'))
+        volumes = logical_volumes(self.vg)
+        if self.thin_pool not in volumes:
+            raise exception.BackendUnavailable(
+                image_type=self.image_type, reason=f'thin pool '
+                f'{self.thin_pool} is not in volume group {self.vg}')
+        vsize = base.virtual_size
+        if name not in volumes:
+            steps.append(plans.Step(
+                f'create thin base LV {self.vg}/{name}',
+                command=None if vsize is None else (
+                    'lvcreate', '-y', '-T', f'{self.vg}/{self.thin_pool}',
+                    '-V', f'{vg.round(vsize)}b', '-n', name)))
+            steps.append(self._plan_write(
+                base, os.path.join(DEVICE_ROOT, self.vg, name)))
+        steps.append(self._plan_lvs(f'check {self.location} does not exist'))
+        steps.append(plans.Step(
+            f'thin snapshot {self.location} of {self.vg}/{name}',
+            command=('lvcreate', '-y', '-s', '-kn', '-n', self.lv,
+                     f'{self.vg}/{name}')))
+        if wanted and (vsize is None or vg.round(wanted) > vg.round(vsize)):
+            steps.append(plans.Step(
+                f'grow {self.location} to {vg.round(wanted)} bytes',
+                command=('lvextend', '-L', f'{vg.round(wanted)}b',
+                         self.location),
+                when=None if vsize else
+                f'if the image is smaller than {vg.round(wanted)} bytes'))
+        steps += self._plan_grow_fs(base, wanted)
+
+    def _plan_grow_fs(self, base: plans.Base,
+                      wanted: int | None) -> list[plans.Step]:
+        """``_grow_filesystem``: a disk made bigger than its image gets
+        the image's bare ext filesystem grown."""
+        vsize = base.virtual_size
+        if not wanted or (vsize is not None and wanted <= vsize):
+            return []
+        when = [] if vsize else [f'if the image is smaller than {wanted} '
+                                 'bytes']
+        if base.cached and base.format == 'raw':
+            # The guest's bytes are the cached file's: known now.
+            if not cache_audit.keeping_atime(
+                    base.path, filesystems.bare_ext_filesystem, base.path):
+                return []
+        else:
+            when.append('if the image is one bare ext filesystem')
+        return [plans.Step('grow the ext filesystem in it', command=cmd,
+                           when=' and '.join(when) or None)
+                for cmd in (('e2fsck', '-fp', self.path),
+                            ('resize2fs', self.path))]
 
     def check_backing_from_image(self, context: Any, image_id: str,
                                  fallback: str | None = None) -> None:
