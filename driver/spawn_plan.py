@@ -65,17 +65,22 @@ def plan_spawn(backend, instance, mapping: dict,
                                               block_device_info):
         image = disk.image
         record = records.get(disk.name)
-        action = CREATE
-        if record is not None and record.created:
-            action = KEEP
-        elif record is not None:
-            action = REMAKE
-        elif disk.exists():
-            action = KEEP
         p = DiskPlan(disk=disk.name, backend=image.image_type,
                      location=image.location, size=disk.size,
-                     source=disk.source, action=action)
+                     source=disk.source, action=CREATE)
         out.append(p)
+        if record is not None:
+            p.action = KEEP if record.created else REMAKE
+        else:
+            # The flow asks whether a disk with no record is there.
+            p.steps += image.plan_exists()
+            try:
+                if disk.exists():
+                    p.action = KEEP
+            except exception.ImageBackendError as e:
+                p.error = f'{type(e).__name__}: {e.message}'
+                continue
+        action = p.action
         if action == KEEP:
             continue
         if action == REMAKE:

@@ -221,6 +221,11 @@ class Image(abc.ABC):
         shim.check_backing_from_func(self, context, func, cache_name,
                                      fallback)
 
+    def plan_exists(self) -> list:
+        """The steps :meth:`exists` takes, for plans (commands where it
+        runs one); none where it only looks at a path."""
+        return []
+
     def plan_create(self, source_type: str, source_id: str,
                     func: Callable[[str], None] | None,
                     size: int | None) -> list | None:

@@ -589,12 +589,10 @@ class Lvm(image.SelfContained, image.Image):
 
     def plan_create(self, source_type, source_id, func, size):
         """What create_from_image / create_from_func above would do
-        (create_from_content is create_from_func here), after the spawn
-        flow's own ``lvs`` (is the disk there?). Reads the volume group
-        (``vgs``, and ``lvs`` for a thin base) for sizes and free space;
-        never fetches an encryption key."""
-        steps = [self._plan_lvs(f'is {self.location} there? (the spawn '
-                                'flow asks before creating it)')]
+        (create_from_content is create_from_func here). Reads the volume
+        group (``vgs``, and ``lvs`` for a thin base) for sizes and free
+        space; never fetches an encryption key."""
+        steps: list[plans.Step] = []
         try:
             if source_type in ('func', 'content'):
                 self._plan_func(steps, source_id, size)
@@ -606,6 +604,10 @@ class Lvm(image.SelfContained, image.Image):
         except exception.ImageBackendError as e:
             raise plans.Refused(e, steps)
         return steps
+
+    def plan_exists(self):
+        """``exists`` asks LVM."""
+        return [self._plan_lvs(f'is {self.location} there?')]
 
     def _plan_lvs(self, what: str) -> plans.Step:
         return plans.Step(what, command=(*_LVS, self.vg))

@@ -142,6 +142,24 @@ def test_plan_lvm_refusals_change_nothing(site, vg, repo_root):
     assert run('lvs', '--noheadings', '-o', 'lv_name', vg).strip() == ''
 
 
+def test_plan_on_a_missing_volume_group_refuses_each_disk(site, vg,
+                                                         repo_root):
+    conf = site / 'nova.conf'
+    conf.write_text(conf.read_text().replace(
+        f'images_volume_group = {vg}', 'images_volume_group = ibplan-gone'))
+    ext_image(site)
+    before = lvm_state(site, vg)
+    code, plan = cli(repo_root, site, '--image', 'ext', '--root-gb', '1',
+                     '--swap-mb', '64')
+    assert code == 1, plan
+    assert plan['would_fail'] == ['disk', 'disk.swap']
+    for disk in plan['disks']:
+        # The flow's own question (is the disk there?) is where it stops.
+        assert disk['error'].startswith('BackendUnavailable'), disk
+        assert [s['command'][0] for s in disk['steps']] == ['lvs']
+    assert lvm_state(site, vg) == before
+
+
 @dataclasses.dataclass
 class KeyedInstance(instance_mod.Instance):
     ephemeral_key_uuid: str | None = KEY_UUID
