@@ -21,6 +21,7 @@ import sys
 import time
 from oslo_utils import units
 
+from imagebackend import backend_types
 from imagebackend import cache_manager
 from imagebackend import exception
 from imagebackend import fileutils
@@ -37,7 +38,7 @@ from driver import instance_disks
 from driver import migration
 from driver import state as state_mod
 
-BACKENDS = ('default', 'flat', 'raw', 'qcow2', 'lvm', 'rbd', 'ploop')
+BACKENDS = backend_types.KNOWN_TYPES
 
 
 # -- output ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import importlib
 import os
 from typing import Any, Callable
 
+from imagebackend import backend_types
 from imagebackend import cache as cache_mod
 from imagebackend import config
 from imagebackend import disk_info
@@ -23,18 +24,10 @@ from imagebackend import qemu
 from imagebackend import records as records_mod
 from imagebackend import sources as sources_mod
 
-# image type -> "module:Class"; imported on first use.
-BACKENDS = {
-    'flat': 'imagebackend.backends.flat:Flat',
-    'raw': 'imagebackend.backends.flat:Flat',
-    'qcow2': 'imagebackend.backends.qcow2:Qcow2',
-    'lvm': 'imagebackend.backends.lvm:Lvm',
-    'ploop': 'imagebackend.backends.ploop:Ploop',
-    'rbd': 'imagebackend.backends.rbd:Rbd',
-}
-# Nova's other types: known names whose backends are not in this release.
-PENDING = ()
-KNOWN_TYPES = tuple(BACKENDS) + PENDING + ('default',)
+# The names are declared once, in backend_types (re-exported here).
+BACKENDS = backend_types.BACKENDS
+PENDING = backend_types.PENDING
+KNOWN_TYPES = backend_types.KNOWN_TYPES
 
 # The backend a legacy disk.info format implies (Nova wrote only these).
 _DISK_INFO_BACKENDS = {'raw': 'flat', 'qcow2': 'qcow2', 'ploop': 'ploop'}

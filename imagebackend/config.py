@@ -28,6 +28,8 @@ import os
 
 from oslo_config import cfg
 
+from imagebackend import backend_types
+
 CONF = cfg.CONF
 
 
@@ -380,8 +382,7 @@ Related options:
     # libvirt_imagebackend_opts
     cfg.StrOpt('images_type',
                default='default',
-               choices=('raw', 'flat', 'qcow2', 'lvm', 'rbd', 'ploop',
-                        'default'),
+               choices=backend_types.KNOWN_TYPES,
                help="""
 VM Images format.
 
