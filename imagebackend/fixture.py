@@ -15,7 +15,12 @@ import os
 from typing import Callable, Iterable, NamedTuple
 from unittest import mock
 
-import fixtures
+try:
+    import fixtures
+except ImportError as e:  # a test extra, not a runtime requirement
+    raise ImportError(
+        'imagebackend.fixture needs the test extras: pip install '
+        f"'imagebackend[test]' ({e})") from e
 
 from imagebackend import backend as backend_mod
 from imagebackend import exception
