@@ -16,7 +16,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import subprocess
+import secrets
 import sys
 import time
 from oslo_utils import units
@@ -27,6 +27,8 @@ from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import locks
 from imagebackend import names
+from imagebackend import processes
+from imagebackend import qemu
 from imagebackend import records as records_mod
 from imagebackend import sources
 
@@ -173,15 +175,22 @@ def cmd_image_create_sample(st, args):
     if os.path.exists(path):
         return {'image': args.id, 'path': path, 'created': False}, \
             f'image {args.id} already exists: {path}'
-    tmp = path + '.tmp'
     size = _size(args.size)
-    subprocess.run(['qemu-img', 'create', '-q', '-f', args.format, tmp,
-                    str(size)], check=True)
-    # A little data at the start, so copies and overlays have content.
-    subprocess.run(['qemu-io', '-f', args.format, '-c',
-                    'write -P 0xab 0 4M', tmp], check=True,
-                   stdout=subprocess.DEVNULL)
-    os.rename(tmp, path)
+    # A hidden, unique temp name next to the image: never an image itself,
+    # and removed when anything fails, so no half-made file is left.
+    tmp = os.path.join(st.images_dir, f'.{os.path.basename(path)}.'
+                                      f'{secrets.token_hex(4)}.tmp')
+    try:
+        qemu.create(tmp, args.format, size)
+        # A little data at the start, so copies and overlays have content.
+        processes.execute('qemu-io', '-f', args.format, '-c',
+                          'write -P 0xab 0 4M', tmp)
+        fileutils.fsync_file(tmp)
+        os.rename(tmp, path)
+    except BaseException:
+        fileutils.remove_path(tmp)
+        raise
+    fileutils.fsync_dir(st.images_dir)
     return {'image': args.id, 'path': path, 'created': True}, \
         f'made sample image {args.id} ({args.format}, {human(size)}): {path}'
 
@@ -696,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(st, args)
     except exception.ImageBackendError as e:
         return cli_common.fail(args, type(e).__name__, e.message)
-    except (OSError, subprocess.CalledProcessError) as e:
+    except OSError as e:
         return cli_common.fail(args, type(e).__name__, str(e))
     data, text = result[0], result[1]
     code = result[2] if len(result) > 2 else 0

@@ -87,6 +87,22 @@ def test_image_add_never_replaces_an_image(ib, tmp_path):
     assert src.exists()  # added as a copy
 
 
+# -- a failed command leaves nothing half-made --------------------------------
+
+@pytest.mark.parametrize('size', [
+    '1M',          # qemu-io cannot write its 4M of sample data into it
+    '9000000T',    # qemu-img refuses the size
+])
+def test_create_sample_failure_leaves_no_temp_file(ib, size):
+    code, err = ib('image', 'create-sample', 'img', '--size', size)
+    assert code != 0 and err['error'] == 'ProcessError', err
+    images = os.path.join(ib.state, 'images')
+    assert os.listdir(images) == []
+    # The same id then works: nothing in the way.
+    assert ib('image', 'create-sample', 'img', '--size', '16M')[0] == 0
+    assert os.listdir(images) == ['img.qcow2']
+
+
 # -- hosts ----------------------------------------------------------------------
 
 def test_unknown_hosts_are_errors_never_created(ib):
