@@ -386,10 +386,7 @@ def _check_no_shrink(backend, instance, new) -> None:
         want = {'disk': new.flavor.root_gb * units.Gi,
                 'disk.local': new.flavor.ephemeral_gb * units.Gi}.get(
                     record.name)
-        if want and record.virtual_size and want < record.virtual_size:
-            raise exception.CannotShrink(path=record.location,
-                                         current=record.virtual_size,
-                                         size=want)
+        flows.check_no_shrink(record.location, record.virtual_size, want)
 
 
 def cmd_live_migrate_prepare(st, args):

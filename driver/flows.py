@@ -145,6 +145,15 @@ class _Plan:
     grow: list = dataclasses.field(default_factory=list)      # (disk, size)
 
 
+def check_no_shrink(path: str, current: int | None,
+                    size: int | None) -> None:
+    """Refuse to make the disk at ``path`` (``current`` bytes) smaller
+    than it is: CannotShrink. An unknown size or current size is no
+    shrink. The one shrink check of a resize, the flow's and the CLI's."""
+    if size and current and size < current:
+        raise exception.CannotShrink(path=path, current=current, size=size)
+
+
 def _migration_plan(backend, instance, mapping, block_device_info,
                     source_host) -> _Plan:
     """Decide, from records read under the instance lock, what each disk
@@ -171,9 +180,7 @@ def _migration_plan(backend, instance, mapping, block_device_info,
             continue
         disk = _from_record(existing, existing.record, wanted, wanted.size)
         current = existing.virtual_size()
-        if disk.size and disk.size < current:
-            raise exception.CannotShrink(path=existing.location,
-                                         current=current, size=disk.size)
+        check_no_shrink(existing.location, current, disk.size)
         plan.keep.append(disk)
         if disk.size and disk.size > current:
             plan.grow.append((disk, disk.size))
