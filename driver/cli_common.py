@@ -9,25 +9,22 @@ import sys
 
 def count(text: str) -> int:
     """A size argument: a non-negative integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f'{text!r} is not a non-negative integer')
-    return value
+    return _non_negative(int, text, 'integer')
 
 
 def seconds(text: str) -> float:
     """A period argument: a non-negative number of seconds."""
+    return _non_negative(float, text, 'number of seconds')
+
+
+def _non_negative(parse, text: str, what: str):
     try:
-        value = float(text)
+        value = parse(text)
     except ValueError:
-        value = -1.0
+        value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(
-            f'{text!r} is not a non-negative number of seconds')
+            f'{text!r} is not a non-negative {what}')
     return value
 
 

@@ -120,7 +120,7 @@ def _entry_from_sidecar(name: str, path: str, data: Any) -> CacheEntry:
                                     if k in known})
 
 
-def _declared(disk_format: str) -> str:
+def declared_format(disk_format: str) -> str:
     """The format an image's bytes must be, from its declared disk_format
     (Amazon-style images are raw kernels and disks)."""
     return 'raw' if disk_format in ('ami', 'aki', 'ari') else disk_format
@@ -319,7 +319,7 @@ class ImageCache:
                 return self.side_load(fallback, name, 'image', image_id,
                                        target)
             raise
-        probe = formats.SizeProbe(_declared(meta.disk_format))
+        probe = formats.SizeProbe(declared_format(meta.disk_format))
         for declared_size in (meta.virtual_size,
                               meta.size if probe.raw else None):
             if declared_size:
@@ -375,7 +375,7 @@ class ImageCache:
     def _check(self, path: str, meta: sources_mod.ImageMeta,
                image_id: str) -> tuple[str, int]:
         """Return (format, virtual size) of a downloaded image, or refuse."""
-        declared = _declared(meta.disk_format)
+        declared = declared_format(meta.disk_format)
         if self.conf.workarounds.disable_deep_image_inspection:
             declared = formats.qemu_format(declared)  # ploop -> parallels
             info = qemu.info(path, declared, **self._limits())

@@ -424,7 +424,7 @@ def clean(backend, grace: float | None = None,
     cache = backend.image_cache
     # Partial files first, each under its entry's lock taken without
     # waiting (a fetch still running holds it).
-    removed = cache_manager._clean_parts(backend, grace, dry_run)
+    removed = cache_manager.clean_parts(backend, grace, dry_run)
     kept: dict[str, str] = {}
     now = time.time()
     for name in sorted(_cache_files(cache)):

@@ -143,7 +143,7 @@ def clean(backend, min_age: float | None = None,
             remove_unused_original_minimum_age_seconds
     # Partial files first: a leftover side-load sidecar would otherwise
     # stop the scan below.
-    removed = _clean_parts(backend, min_age, dry_run)
+    removed = clean_parts(backend, min_age, dry_run)
     now = time.time()
     for use in scan(backend):
         if use.users or now - use.last_used < min_age:
@@ -191,7 +191,7 @@ def _part_owner(filename: str) -> str | None:
     return None
 
 
-def _clean_parts(backend, min_age: float, dry_run: bool) -> list[str]:
+def clean_parts(backend, min_age: float, dry_run: bool) -> list[str]:
     """Remove partial files in _base unchanged for ``min_age`` seconds.
 
     Each is removed under its entry's lock, taken without waiting: a fetch

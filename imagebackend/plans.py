@@ -109,7 +109,7 @@ def plan_image(cache: cache_mod.ImageCache, image_id: str,
         if cache.source is None:
             raise exception.ImageNotFound(image_id=image_id)
         meta = cache.source.get_meta(None, image_id)
-        declared = cache_mod._declared(meta.disk_format)  # as fetch_into
+        declared = cache_mod.declared_format(meta.disk_format)  # as fetch_into
         fmt = formats.qemu_format(declared)
         raw_like = declared in formats.RAW_LIKE
         vsize = meta.virtual_size or (meta.size if raw_like else None)

@@ -523,12 +523,18 @@ class Rbd(image.SelfContained, image.Image):
         """The steps of _clone_disk."""
         steps = [plans.Step(f'clone {spec} as {self.location} ({how}: '
                             f'{why}); in-process (librbd), no data copied')]
-        if size and (parent_size is None or size > parent_size):
-            steps.append(plans.Step(
-                f'resize {self.location} to {size} bytes; in-process '
-                '(librbd)', when=None if parent_size else
-                f'if the image is smaller than {size} bytes'))
-        return steps
+        return steps + self._plan_grow(size, parent_size, 'image')
+
+    def _plan_grow(self, size: int | None, made: int | None,
+                   what: str) -> list[plans.Step]:
+        """The librbd resize after a clone or import to ``made`` bytes
+        (None: known only once there), when the disk is to be bigger."""
+        if not size or (made is not None and size <= made):
+            return []
+        return [plans.Step(
+            f'resize {self.location} to {size} bytes; in-process (librbd)',
+            when=None if made else
+            f'if the {what} is smaller than {size} bytes')]
 
     def _plan_import_base(self, base: str, source_type: str,
                           source_id: str, func, size: int | None,
@@ -599,12 +605,7 @@ class Rbd(image.SelfContained, image.Image):
         steps += plans.write_with(func, local, made)
         steps += self._plan_import_file(local, 'raw', self.rbd_name, made)
         steps.append(plans.Step(f'remove {tmpdir}'))
-        if size and (made is None or size > made):
-            steps.append(plans.Step(
-                f'resize {self.location} to {size} bytes; in-process '
-                '(librbd)', when=None if made else
-                f'if the content is smaller than {size} bytes'))
-        return steps
+        return steps + self._plan_grow(size, made, 'content')
 
     # -- pool bases -----------------------------------------------------------
 
