@@ -32,6 +32,23 @@ def run(*cmd: str) -> str:
                           text=True).stdout
 
 
+def host_site(root, force_raw: bool, images_type: str,
+              libvirt: str = ''):
+    """``root`` laid out as a host: instances/, images/ (the image
+    source) and the nova.conf naming them; ``libvirt``: more lines of its
+    [libvirt] section. Returns ``root``."""
+    inst = root / 'instances'
+    images = root / 'images'
+    inst.mkdir()
+    images.mkdir()
+    (root / 'nova.conf').write_text(
+        f'[DEFAULT]\ninstances_path = {inst}\n'
+        f'force_raw_images = {str(force_raw).lower()}\n'
+        f'[libvirt]\nimages_type = {images_type}\n{libvirt}'
+        f'[imagebackend]\nimages_dir = {images}\n')
+    return root
+
+
 def host_cli(repo_root, conf, *args: str,
              expect=None) -> tuple[int, dict]:
     """The real CLI in host mode (``--config-file conf --json args``), in

@@ -28,7 +28,8 @@ from imagebackend import records as records_mod
 from driver import host as host_mod
 from driver import host_cache
 from driver import templates
-from tests.functional.conftest import host_cli, qemu_info, run, tree
+from tests.functional.conftest import (host_cli, host_site, qemu_info, run,
+                                       tree)
 from tests.hosts import Instance, MiB
 
 OLD = 10_000  # seconds: older than any grace the tests use
@@ -41,16 +42,7 @@ def sha1(image_id: str) -> str:
 @pytest.fixture
 def site(tmp_path):
     """A host's folders and the nova.conf that names them."""
-    inst = tmp_path / 'instances'
-    images = tmp_path / 'images'
-    inst.mkdir()
-    images.mkdir()
-    conf = tmp_path / 'nova.conf'
-    conf.write_text(f'[DEFAULT]\ninstances_path = {inst}\n'
-                    'force_raw_images = false\n'
-                    '[libvirt]\nimages_type = qcow2\n'
-                    f'[imagebackend]\nimages_dir = {images}\n')
-    return tmp_path
+    return host_site(tmp_path, False, 'qcow2')
 
 
 def cli(repo_root, site, *args):

@@ -15,21 +15,13 @@ from imagebackend import processes
 from driver import flows
 from driver import host as host_mod
 from driver import instance as instance_mod
-from tests.functional.conftest import host_cli, run, tree
+from tests.functional.conftest import host_cli, host_site, run, tree
 from tests.hosts import GiB, MiB
 
 
 @pytest.fixture
 def site(tmp_path):
-    inst = tmp_path / 'instances'
-    images = tmp_path / 'images'
-    inst.mkdir()
-    images.mkdir()
-    (tmp_path / 'nova.conf').write_text(
-        f'[DEFAULT]\ninstances_path = {inst}\nforce_raw_images = true\n'
-        '[libvirt]\nimages_type = qcow2\n'
-        f'[imagebackend]\nimages_dir = {images}\n')
-    return tmp_path
+    return host_site(tmp_path, True, 'qcow2')
 
 
 def cli(repo_root, site, *args):

@@ -22,7 +22,7 @@ from driver import instance as instance_mod
 from driver import spawn_plan
 from tests import fake_cryptsetup
 from tests.functional import lvm_env as lvm_env_mod
-from tests.functional.conftest import run, tree
+from tests.functional.conftest import host_site, run, tree
 from tests.functional.test_host_plan_cli import cli, commands, spawn
 from tests.functional.test_lvm_encryption import KEY_UUID, KeyManager
 from tests.hosts import GiB, MiB
@@ -50,15 +50,8 @@ def vg(lvm_env):
 
 @pytest.fixture
 def site(tmp_path, vg):
-    inst = tmp_path / 'instances'
-    images = tmp_path / 'images'
-    inst.mkdir()
-    images.mkdir()
-    (tmp_path / 'nova.conf').write_text(
-        f'[DEFAULT]\ninstances_path = {inst}\nforce_raw_images = true\n'
-        f'[libvirt]\nimages_type = lvm\nimages_volume_group = {vg}\n'
-        f'[imagebackend]\nimages_dir = {images}\n')
-    return tmp_path
+    return host_site(tmp_path, True, 'lvm',
+                     f'images_volume_group = {vg}\n')
 
 
 def lvm_state(site, vg):

@@ -9,22 +9,14 @@ import uuid as uuid_mod
 
 import pytest
 
-from tests.functional.conftest import run, tree
+from tests.functional.conftest import host_site, run, tree
 from tests.functional.test_host_plan_cli import cli, commands, spawn
 from tests.hosts import GiB, MiB
 
 
 @pytest.fixture
 def site(tmp_path):
-    inst = tmp_path / 'instances'
-    images = tmp_path / 'images'
-    inst.mkdir()
-    images.mkdir()
-    (tmp_path / 'nova.conf').write_text(
-        f'[DEFAULT]\ninstances_path = {inst}\nforce_raw_images = false\n'
-        '[libvirt]\nimages_type = ploop\n'
-        f'[imagebackend]\nimages_dir = {images}\n')
-    return tmp_path
+    return host_site(tmp_path, False, 'ploop')
 
 
 def test_plan_ploop_spawn_then_the_spawn_runs_what_it_said(site, repo_root):
