@@ -19,6 +19,7 @@ is byte-for-byte what an older release writes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import threading
@@ -171,7 +172,15 @@ def document(records) -> dict[str, Any]:
 
 @runtime_checkable
 class RecordStore(Protocol):
-    """Where records are kept. Implementations must make ``put`` atomic."""
+    """Where records are kept. Implementations must make ``put`` atomic.
+
+    A store may also offer ``put_many(records)`` and ``delete_many(instance,
+    names)``, each one atomic write of several records (a batch of
+    creations writes its records with them: :mod:`imagebackend.batch`).
+    They are optional: :func:`put_many` and :func:`delete_many` fall back
+    to one ``put`` / ``delete`` per record, which keeps every crash
+    guarantee (each record alone is a true state) at more writes.
+    """
 
     def get(self, instance: str, disk_name: str) -> DiskRecord | None:
         ...
@@ -184,6 +193,38 @@ class RecordStore(Protocol):
 
     def list(self, instance: str) -> list[DiskRecord]:
         ...
+
+
+def put_many(store: RecordStore, records) -> None:
+    """Put several records: in one atomic write per instance where
+    ``store`` can (its ``put_many``), else one ``put`` each."""
+    _many_or_each(getattr(store, 'put_many', None), store.put, records)
+
+
+def delete_many(store: RecordStore, instance: str, names) -> None:
+    """Delete several records of ``instance``: in one atomic write where
+    ``store`` can (its ``delete_many``), else one ``delete`` each."""
+    many = getattr(store, 'delete_many', None)
+    _many_or_each(many and functools.partial(many, instance),
+                  functools.partial(store.delete, instance), names)
+
+
+def _many_or_each(many, each, items) -> None:
+    items = list(items)
+    if not items:
+        return
+    if many is not None:
+        many(items)
+        return
+    for item in items:
+        each(item)
+
+
+def _by_instance(records) -> dict[str, list[DiskRecord]]:
+    grouped: dict[str, list[DiskRecord]] = {}
+    for record in records:
+        grouped.setdefault(record.instance, []).append(record)
+    return grouped
 
 
 class MemoryStore:
@@ -201,9 +242,19 @@ class MemoryStore:
         with self._lock:
             self._records[(record.instance, record.name)] = record
 
+    def put_many(self, records):
+        with self._lock:
+            for record in records:
+                self._records[(record.instance, record.name)] = record
+
     def delete(self, instance, disk_name):
         with self._lock:
             self._records.pop((instance, disk_name), None)
+
+    def delete_many(self, instance, disk_names):
+        with self._lock:
+            for name in disk_names:
+                self._records.pop((instance, name), None)
 
     def list(self, instance):
         with self._lock:
@@ -279,10 +330,25 @@ class InstanceDirStore:
             records[record.name] = record
             self._write(record.instance, records)
 
+    def put_many(self, records):
+        """Put several records, one read-modify-write (one atomic write)
+        per instance."""
+        for instance, batch in _by_instance(records).items():
+            with self._lock(instance):
+                current = self._read(instance)
+                current.update((r.name, r) for r in batch)
+                self._write(instance, current)
+
     def delete(self, instance, disk_name):
+        self.delete_many(instance, [disk_name])
+
+    def delete_many(self, instance, disk_names):
+        """Delete several records of ``instance`` in one atomic write (none
+        if none of them is there)."""
         with self._lock(instance):
             records = self._read(instance)
-            if records.pop(disk_name, None) is not None:
+            gone = [records.pop(n, None) for n in disk_names]
+            if any(r is not None for r in gone):
                 self._write(instance, records)
 
     def list(self, instance):

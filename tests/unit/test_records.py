@@ -241,6 +241,116 @@ def test_delete(store):
     assert store.list(uuid) == []
 
 
+def test_put_many_and_delete_many(store):
+    uuid, other = new_uuid(), new_uuid()
+    store.put(make_record(uuid, 'disk'))
+    many = [make_record(uuid, n, state=records.CREATING, virtual_size=None)
+            for n in ('disk', 'disk.local', 'disk.swap')]
+    store.put_many(many + [make_record(other, 'disk')])
+    assert store.list(uuid) == many  # 'disk' replaced
+    assert [r.name for r in store.list(other)] == ['disk']
+    store.delete_many(uuid, ['disk', 'disk.swap', 'disk.eph9'])
+    assert store.list(uuid) == [many[1]]
+    store.put_many([])
+    store.delete_many(uuid, [])
+    store.delete_many(new_uuid(), ['disk'])
+    assert store.list(uuid) == [many[1]]
+
+
+class PlainStore:
+    """A store with only the protocol's four methods (a driver's own)."""
+
+    def __init__(self):
+        self.inner = records.MemoryStore()
+        self.calls = []
+
+    def get(self, instance, disk_name):
+        return self.inner.get(instance, disk_name)
+
+    def put(self, record):
+        self.calls.append(('put', record.name))
+        self.inner.put(record)
+
+    def delete(self, instance, disk_name):
+        self.calls.append(('delete', disk_name))
+        self.inner.delete(instance, disk_name)
+
+    def list(self, instance):
+        return self.inner.list(instance)
+
+
+def test_many_helpers_fall_back_to_one_write_per_record():
+    store = PlainStore()
+    assert isinstance(store, records.RecordStore)
+    uuid = new_uuid()
+    records.put_many(store, [make_record(uuid, 'disk'),
+                             make_record(uuid, 'disk.local')])
+    records.delete_many(store, uuid, ['disk', 'disk.swap'])
+    assert store.calls == [('put', 'disk'), ('put', 'disk.local'),
+                           ('delete', 'disk'), ('delete', 'disk.swap')]
+    assert [r.name for r in store.list(uuid)] == ['disk.local']
+
+
+def test_many_helpers_use_the_store_s_own(store):
+    uuid = new_uuid()
+    records.put_many(store, [make_record(uuid, 'disk'),
+                             make_record(uuid, 'disk.local')])
+    records.delete_many(store, uuid, ['disk'])
+    assert [r.name for r in store.list(uuid)] == ['disk.local']
+
+
+def test_put_many_is_one_write_per_instance(dir_store, instances_path,
+                                            monkeypatch):
+    writes = []
+    real = records.fileutils.atomic_write_json
+
+    def spy(path, data, **kwargs):
+        writes.append(os.path.relpath(path, instances_path))
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(records.fileutils, 'atomic_write_json', spy)
+    uuid, other = new_uuid(), new_uuid()
+    dir_store.put_many([make_record(uuid, n) for n in
+                        ('disk', 'disk.local', 'disk.swap')] +
+                       [make_record(other, 'disk')])
+    assert sorted(writes) == sorted([f'{uuid}/disks.json',
+                                     f'{other}/disks.json'])
+    writes.clear()
+    dir_store.delete_many(uuid, ['disk', 'disk.swap'])
+    assert writes == [f'{uuid}/disks.json']
+    writes.clear()
+    dir_store.delete_many(uuid, ['disk', 'disk.eph0'])  # none there
+    assert writes == []
+
+
+def test_put_many_is_seen_whole_or_not_at_all(dir_store):
+    # A reader (another process, no lock) sees each batch whole: one
+    # atomic write, never a record of it without the others.
+    uuid = new_uuid()
+    stop = threading.Event()
+    torn = []
+
+    def read():
+        while not stop.is_set():
+            found = {r.name for r in dir_store.list(uuid)}
+            for i in range(40):
+                batch = {f'disk.b{i}-{j}' for j in range(3)}
+                if found & batch and not batch <= found:
+                    torn.append(sorted(found & batch))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(40):
+            dir_store.put_many([make_record(uuid, f'disk.b{i}-{j}')
+                                for j in range(3)])
+    finally:
+        stop.set()
+        reader.join()
+    assert torn == []
+    assert len(dir_store.list(uuid)) == 120
+
+
 def test_concurrent_puts_all_survive(store):
     # 8 threads, each putting its own disks once: a lost update (a
     # read-modify-write overtaken by another) would lose a disk for good.
