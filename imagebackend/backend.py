@@ -8,17 +8,21 @@ today's config; a disk made before records gets one on first touch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from imagebackend import backend_types
+from imagebackend import batch as batch_mod
 from imagebackend import cache as cache_mod
 from imagebackend import config
 from imagebackend import disk_info
+from imagebackend import disks as disks_mod
 from imagebackend import exception
 from imagebackend import image as image_mod
+from imagebackend import locks
 from imagebackend import names
 from imagebackend import qemu
 from imagebackend import records as records_mod
@@ -108,6 +112,30 @@ class Backend:
         names.check_disk_name(name)
         return self.backend(image_type)(instance=instance, disk_name=name,
                                         disk_info_mapping=disk_info_mapping)
+
+    @contextlib.contextmanager
+    def batch(self, instance, disks: Iterable[disks_mod.CreatableDisk] = ()
+              ) -> Iterator[batch_mod.CreationBatch]:
+        """Create several of ``instance``'s disks with two record writes.
+
+        Holds the instance's lock for the block. On entry the ``creating``
+        records of ``disks`` (those that have no record) are written in one
+        atomic write; disks created in the block (``create_from_*``,
+        ``create_empty``, ``cache``) keep their ``created`` records until
+        the block ends, when they are written in one more, then Nova's
+        disk.info. Crash guarantees as for one disk: see
+        :mod:`imagebackend.batch`. ::
+
+            with backend.batch(instance, todo):
+                for disk in todo:
+                    disk.create(context)
+        """
+        uuid = names.check_instance_uuid(instance.uuid)
+        with locks.instance_lock(self.conf, uuid):
+            planned = [d.planned_record() for d in disks]
+            with batch_mod.batch(self.records, uuid, planned, os.path.join(
+                    self.conf.instances_path, uuid)) as current:
+                yield current
 
     def by_libvirt_path(self, instance, path: str,
                         image_type: str | None = None) -> image_mod.Image:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from imagebackend import exception
 from imagebackend import image as image_mod
 from imagebackend import nospace
+from imagebackend import records as records_mod
 
 
 @dataclasses.dataclass
@@ -57,6 +58,11 @@ class CreatableDisk(abc.ABC):
     @abc.abstractmethod
     def source(self) -> tuple[str, str]:
         """``('image', image id)`` or ``('func', cache name)``."""
+
+    def planned_record(self) -> records_mod.DiskRecord:
+        """The ``creating`` record :meth:`create` will write (for a batch
+        of creations to write ahead: ``Backend.batch``)."""
+        return self.image.planned_record(*self.source)
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ storage, no template function and no image download runs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from typing import Callable, Iterable, NamedTuple
 from unittest import mock
@@ -73,10 +74,11 @@ class _Disks(collections.defaultdict):
 class ImageBackendFixture(fixtures.Fixture):
     """Fake the image backend; inspect what happened to each disk.
 
-    While set up, ``Backend.backend`` and ``Backend.from_metadata`` are
-    replaced (``by_name`` and ``by_libvirt_path`` go through ``backend``), so
-    a real ``imagebackend.Backend(...)`` built by the code under test hands
-    out fakes. Every construction for one disk name returns the same object,
+    While set up, ``Backend.backend``, ``Backend.from_metadata`` and
+    ``Backend.batch`` (which then writes no records) are replaced
+    (``by_name`` and ``by_libvirt_path`` go through ``backend``), so a real
+    ``imagebackend.Backend(...)`` built by the code under test hands out
+    fakes. Every construction for one disk name returns the same object,
     ``fixture.disks[name]``: a ``mock.create_autospec(Image, instance=True)``
     with real ``disk_name``, ``path`` (``<instances_path>/<uuid>/<name>``),
     ``location``, ``instance``, ``disk_info_mapping``, ``image_type`` (the
@@ -195,8 +197,16 @@ class ImageBackendFixture(fixtures.Fixture):
 
         self.useFixture(fixtures.MonkeyPatch(
             'imagebackend.backend.Backend.backend', fake_backend))
+        @contextlib.contextmanager
+        def fake_batch(backend_self, instance, disks=()):
+            # The fakes keep no records: nothing to write ahead or after.
+            names.check_instance_uuid(instance.uuid)
+            yield None
+
         self.useFixture(fixtures.MonkeyPatch(
             'imagebackend.backend.Backend.from_metadata', fake_from_metadata))
+        self.useFixture(fixtures.MonkeyPatch(
+            'imagebackend.backend.Backend.batch', fake_batch))
 
     # -- test-facing API ------------------------------------------------------
 

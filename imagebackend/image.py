@@ -24,6 +24,7 @@ import stat
 import threading
 from typing import Any, Callable, ClassVar, Iterator
 
+from imagebackend import batch as batch_mod
 from imagebackend import disk_info
 from imagebackend import encryption as encryption_mod
 from imagebackend import exception
@@ -368,32 +369,61 @@ class Image(abc.ABC):
                                        creation_path, **provenance) as facts:
                 yield facts
 
+    def planned_record(self, source_type: str, source_id: str | None,
+                       creation_path: str | None = None,
+                       **provenance) -> records_mod.DiskRecord:
+        """The ``creating`` record a creation of this disk from
+        ``source_type``/``source_id`` would write (by default on this
+        backend's own path: ``native`` or ``shim``), for a batch to write
+        ahead (:meth:`imagebackend.backend.Backend.batch`). Writes
+        nothing."""
+        if self.disk_name is None:
+            raise exception.InvalidInput(
+                reason='a disk opened by path cannot be created')
+        if creation_path is None:
+            creation_path = ('native' if self.capabilities.native_create
+                             else 'shim')
+        return records_mod.DiskRecord(
+            instance=self.instance_uuid, name=self.disk_name,
+            backend=self.image_type, format=self.driver_format,
+            location=self.location, source_type=source_type,
+            source_id=source_id, state=records_mod.CREATING, encryption=(
+                self.encryption.to_record() if self.encryption else None),
+            provenance={'path': creation_path, **provenance})
+
+    def _batch(self) -> batch_mod.CreationBatch | None:
+        """The batch of creations this thread has open for the instance."""
+        if self.instance is None or self.disk_name is None:
+            return None
+        return batch_mod.active(self.records, self.instance_uuid)
+
     @contextlib.contextmanager
     def _creating_locked(self, source_type: str, source_id: str | None,
                          creation_path: str, **provenance) -> Iterator[dict]:
         if self.exists():
             raise exception.DiskExists(location=self.location)
         uuid = self.instance_uuid
+        batch = self._batch()
         # A disk of that name made elsewhere (another backend: the host's
         # images_type changed since) is not to be shadowed by a new one.
-        known = self.records.get(uuid, self.disk_name)
+        # (A batch's declared record is a creating one: no read needed.)
+        known = batch.declared(self.disk_name) if batch else None
+        if known is None:
+            known = self.records.get(uuid, self.disk_name)
         if known is not None and known.created and (
                 known.backend != self.image_type or
                 known.location != self.location):
             raise exception.DiskExists(location=known.location)
-        record = records_mod.DiskRecord(
-            instance=uuid, name=self.disk_name, backend=self.image_type,
-            format=self.driver_format, location=self.location,
-            source_type=source_type, source_id=source_id,
-            state=records_mod.CREATING, encryption=(
-                self.encryption.to_record() if self.encryption else None),
-            provenance={'path': creation_path, **provenance})
+        record = self.planned_record(source_type, source_id, creation_path,
+                                     **provenance)
         facts: dict[str, Any] = {}
         with revert.Reverter() as undo:
             if not os.path.isdir(self.instance_dir):
                 undo.add(lambda: _rmdir_if_empty(self.instance_dir))
-            self.records.put(record)
-            undo.add(lambda: self.records.delete(uuid, self.disk_name))
+            # Before storage is touched: written now, or by the batch.
+            if batch is None or not batch.claim(record):
+                self.records.put(record)
+            undo.add(lambda: self._drop_record(batch))
             self._record = record
             undo.add(self._forget_record)
             os.makedirs(self.instance_dir, exist_ok=True)
@@ -407,10 +437,20 @@ class Image(abc.ABC):
             self._record = record.replace(state=records_mod.CREATED,
                                           provenance=prov, **facts)
             self.driver_format = self._record.format
+            if batch is not None:
+                # Whole and durable: written with the batch's others.
+                batch.defer(self)
+                return
             self.records.put(self._record)
             # Inside the undo block: a disk Nova's module would find
             # unlisted (and probe) is not left behind if this fails.
             self._sync_disk_info()
+
+    def _drop_record(self, batch=None) -> None:
+        """Delete the disk's record (and tell a batch it is gone)."""
+        self.records.delete(self.instance_uuid, self.disk_name)
+        if batch is not None:
+            batch.forget(self.disk_name)
 
     def _forget_record(self) -> None:
         self._record = None
@@ -485,7 +525,7 @@ class Image(abc.ABC):
     def _delete(self) -> None:
         self.remove_disk()
         if self.disk_name is not None and self.instance is not None:
-            self.records.delete(self.instance_uuid, self.disk_name)
+            self._drop_record(self._batch())
         self._record = None
         self._sync_disk_info()
 
@@ -534,6 +574,16 @@ class Image(abc.ABC):
                         listed, record.format)
         disk_info.set_format(self.path, record.format, self.lock_path,
                              replaces=[moved_from] if moved_from else [])
+
+    def disk_info_entry(self) -> tuple[str, str] | None:
+        """``(path, format)``: what Nova's disk.info is to list for this
+        disk as its record says (a created record, on a backend Nova lists
+        there); None where it lists nothing of it."""
+        record = self._record
+        if not self.capabilities.nova_disk_info or not self.path or \
+                record is None or not record.created:
+            return None
+        return os.path.abspath(self.path), record.format
 
     def resolve_driver_format(self) -> str:
         """The disk's format, as Nova's ``resolve_driver_format``: the
