@@ -107,19 +107,6 @@ class HostRecords:
     errors: dict[str, str]
 
 
-def _entry_of_source(record: records_mod.DiskRecord) -> str | None:
-    """The cache entry a disk's source names (an image's or a
-    template's), or None."""
-    try:
-        if record.source_type == 'image' and record.source_id:
-            return names.image_cache_name(record.source_id)
-        if record.source_type == 'func' and record.source_id:
-            return names.check_cache_name(record.source_id)
-    except exception.InvalidInput:
-        pass
-    return None
-
-
 def _instance_dirs(backend) -> list[str]:
     """Instance directories, and the ``<uuid>_resize`` ones: their disks
     read bases too."""
@@ -166,7 +153,7 @@ def host_records(backend) -> HostRecords:
                     who['backing_sha256'] = r.backing_sha256
                 result.users.setdefault(r.backing, []).append(who)
                 continue
-            source = _entry_of_source(r)
+            source = cache_manager.source_entry(r)
             if source is None:
                 continue
             if r.created:

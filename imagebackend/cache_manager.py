@@ -46,6 +46,19 @@ def instances(instances_path: str) -> list[str]:
     return sorted(found)
 
 
+def source_entry(record: records_mod.DiskRecord) -> str | None:
+    """The cache entry a disk's source names (an image's or a
+    template's), or None."""
+    try:
+        if record.source_type == 'image' and record.source_id:
+            return names.image_cache_name(record.source_id)
+        if record.source_type == 'func' and record.source_id:
+            return names.check_cache_name(record.source_id)
+    except exception.InvalidInput:
+        pass
+    return None
+
+
 def users(backend) -> dict[str, int]:
     """Cache entry name -> number of disks whose record names it."""
     counts: dict[str, int] = {}
