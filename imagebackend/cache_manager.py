@@ -2,7 +2,7 @@
 
 In use means: some disk's record, on any instance under this
 instances_path (shared by every host that mounts it), names the entry as
-its backing. Records say it, so nothing opens a disk to find its backing
+its backing, or as its source while it says ``creating``. Records say it, so nothing opens a disk to find its backing
 file (Nova ran qemu-img info on every instance's root to do this, and
 missed every other disk).
 """
@@ -60,13 +60,21 @@ def source_entry(record: records_mod.DiskRecord) -> str | None:
 
 
 def users(backend) -> dict[str, int]:
-    """Cache entry name -> number of disks whose record names it."""
+    """Cache entry name -> number of disks whose record names it: as its
+    backing, or, while the record says ``creating``, as its source."""
     counts: dict[str, int] = {}
     for uuid in instances(backend.conf.instances_path):
         # An unreadable record raises: it must not make a base look unused.
         for record in backend.records.list(uuid):
-            if record.backing:
-                counts[record.backing] = counts.get(record.backing, 0) + 1
+            name = record.backing
+            if name is None and not record.created:
+                # A creation under way (a batch's disks stay creating until
+                # all are made) may have put a disk on it already, whose
+                # record names no backing yet; or one that died, whose disk
+                # is made again from it.
+                name = source_entry(record)
+            if name:
+                counts[name] = counts.get(name, 0) + 1
     return counts
 
 

@@ -37,3 +37,20 @@ def test_scan_verify_clean(backend, make_image):
     assert not os.path.exists(unused.path)
     assert not os.path.exists(unused.path + '.meta.json')
     assert sorted(e.source for e in cache.entries()) == ['swap_32M', 'used']
+
+
+def test_a_creation_under_way_keeps_its_source(backend, make_image):
+    make_image('img', 'raw')
+    entry = backend.image_cache.fetch_image(None, 'img')
+    instance = Instance()
+    disks = [backend.by_name(instance, 'disk', 'qcow2'),
+             backend.by_name(instance, 'disk.swap', 'qcow2')]
+    # Records saying creating, as a batch of creations (or one that died)
+    # leaves them: no backing yet, though an overlay may name the base.
+    backend.records.put_many([disks[0].planned_record('image', 'img'),
+                              disks[1].planned_record('func', 'swap_1M')])
+    assert {u.entry.name: u.users for u in cache_manager.scan(backend)} == \
+        {entry.name: 1}
+    assert cache_manager.users(backend) == {entry.name: 1, 'swap_1M': 1}
+    assert cache_manager.clean(backend, min_age=0) == []
+    assert os.path.exists(entry.path)
