@@ -48,7 +48,7 @@ def spawn(backend, context: Any, instance, mapping: dict,
     todo = instance_disks.instance_disks(backend, instance, mapping,
                                          block_device_info)
     with instance_lock(backend, instance):
-        return _create_missing(context,
+        return _create_missing(backend, context, instance,
                                _not_recorded(backend, instance, todo))
 
 
@@ -74,22 +74,29 @@ def _not_recorded(backend, instance, todo):
         yield disk
 
 
-def _create_missing(context: Any, todo: Iterable[disks_mod.CreatableDisk],
+def _create_missing(backend, context: Any, instance,
+                    todo: Iterable[disks_mod.CreatableDisk],
                     fallback: str | None = None) -> list[str]:
-    created = []
+    """Create the disks of ``todo`` that do not exist, all or none: their
+    records are written as one batch (``creating`` before the first is
+    touched, ``created`` once all are whole: ``Backend.batch``)."""
+    todo = [disk for disk in todo if not disk.exists()]
+    created: list[str] = []
+    if not todo:
+        return created
     with revert.Reverter() as undo:
-        for disk in todo:
-            if disk.exists():
-                continue
-            if not created and disk.image.capabilities.file_in_instance_path:
-                # The instance directory too, if this call makes it.
-                undo.add(functools.partial(_rmdir_if_new,
-                                           disk.image.instance_dir,
-                                           os.path.isdir(
-                                               disk.image.instance_dir)))
-            disk.create(context, fallback=fallback)
-            undo.add(disk.image.delete)
-            created.append(disk.name)
+        first = todo[0].image
+        if first.capabilities.file_in_instance_path:
+            # The instance directory too, if this call makes it.
+            undo.add(functools.partial(_rmdir_if_new, first.instance_dir,
+                                       os.path.isdir(first.instance_dir)))
+        # Inside the undo block: should the batch's last writes fail, the
+        # disks it made are removed like any other failure's.
+        with backend.batch(instance, todo):
+            for disk in todo:
+                disk.create(context, fallback=fallback)
+                undo.add(disk.image.delete)
+                created.append(disk.name)
     return created
 
 
@@ -198,19 +205,24 @@ def _finish(backend, context, instance, mapping, plan: _Plan,
         for disk in plan.keep:
             if id(disk) not in late:
                 _settle_and_check(context, disk, source_host)
-        for disk in plan.create:
-            disk.create(context, fallback=source_host)
-            undo.add(disk.image.delete)
-            done['created'].append(disk.name)
-        for old, new in plan.recreate:
-            record = old.record
-            old.delete()
-            # Registered first, so it runs after the new disk is deleted.
-            undo.add(functools.partial(_remake, backend, context, instance,
-                                       record, mapping.get(new.name)))
-            new.create(context, fallback=source_host)
-            undo.add(new.image.delete)
-            done['created'].append(new.name)
+        # One batch of records (the disks made afresh replace records of
+        # their own, which they write as alone).
+        with backend.batch(instance, plan.create):
+            for disk in plan.create:
+                disk.create(context, fallback=source_host)
+                undo.add(disk.image.delete)
+                done['created'].append(disk.name)
+            for old, new in plan.recreate:
+                record = old.record
+                old.delete()
+                # Registered first, so it runs after the new disk is
+                # deleted.
+                undo.add(functools.partial(_remake, backend, context,
+                                           instance, record,
+                                           mapping.get(new.name)))
+                new.create(context, fallback=source_host)
+                undo.add(new.image.delete)
+                done['created'].append(new.name)
         for i, (disk, size) in enumerate(plan.grow):
             if id(disk) in late:
                 _settle_and_check(context, disk, source_host)
@@ -349,7 +361,8 @@ def pre_live_migration(backend, context: Any, instance, mapping: dict,
             if image.exists():
                 raise exception.DiskExists(location=image.location)
             todo.append(_as_recorded(image, record, described.get(name)))
-        return _create_missing(context, todo, fallback=source_host)
+        return _create_missing(backend, context, instance, todo,
+                               fallback=source_host)
 
 
 def _from_record(image, record, described, size
@@ -407,6 +420,12 @@ class _EmptyLike(disks_mod.CreatableDisk):
     def source(self):
         return (self.record.source_type, self.record.source_id)
 
+    def planned_record(self):
+        # What create_empty writes: the recorded format, path 'empty'.
+        return self.image.planned_record(
+            *self.source, 'empty', purpose='live-migration').replace(
+                format=self.record.format)
+
     def create(self, context, fallback=None):
         self.image.create_empty(self.record)
 
@@ -458,7 +477,7 @@ def rescue(backend, context: Any, instance, rescue_image_id: str | None = None,
         backend, instance, mapping, suffix=RESCUE_SUFFIX,
         image_id=rescue_image_id or instance.image_ref)
     with instance_lock(backend, instance):
-        return _create_missing(context,
+        return _create_missing(backend, context, instance,
                                _not_recorded(backend, instance, todo))
 
 

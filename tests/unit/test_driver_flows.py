@@ -9,6 +9,7 @@ backend their record says they are).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -1117,3 +1118,82 @@ def test_flows_change_disks_only_under_the_instance_lock(make_fx, host):
 
     assert seen and all(seen), seen
     assert not locks.held(host, inst.uuid)
+
+
+# == one batch of records per flow =============================================
+
+def spy_batches(fx, monkeypatch):
+    """Each ``Backend.batch`` a flow opens (the fixture's, which writes no
+    records): the disk names it declares and those created inside it."""
+    opened = []
+    fake = imagebackend.Backend.batch
+
+    @contextlib.contextmanager
+    def spy(backend_self, instance, disks=()):
+        entry = {'declared': [d.name for d in disks], 'created': []}
+        opened.append(entry)
+        before = len(fx.created_disks)
+        with fake(backend_self, instance, disks):
+            yield
+        entry['created'] = fx.created_disks[before:]
+
+    monkeypatch.setattr(imagebackend.Backend, 'batch', spy)
+    return opened
+
+
+@pytest.fixture
+def batches(fx, monkeypatch):
+    return spy_batches(fx, monkeypatch)
+
+
+def test_spawn_makes_its_disks_in_one_batch(fx, host, batches):
+    backend = imagebackend.Backend(conf=host)
+    inst = make_instance(ephemeral_gb=1, swap=64, config_drive=True)
+    mapping = instance_mod.disk_mapping(inst)
+    names = ['disk', 'disk.local', 'disk.swap', 'disk.config']
+
+    assert flows.spawn(backend, CTX, inst, mapping) == names
+    assert batches == [{'declared': names, 'created': names}]
+    # Nothing missing: no batch (no record written at all).
+    assert flows.spawn(backend, CTX, inst, mapping) == []
+    assert len(batches) == 1
+
+
+def test_spawn_declares_only_the_missing_disks(make_fx, host, monkeypatch):
+    fx = make_fx(existing=['disk'])
+    opened = spy_batches(fx, monkeypatch)
+    backend = imagebackend.Backend(conf=host)
+    inst = make_instance(ephemeral_gb=1, swap=64)
+    flows.spawn(backend, CTX, inst, instance_mod.disk_mapping(inst))
+    assert opened == [{'declared': ['disk.local', 'disk.swap'],
+                       'created': ['disk.local', 'disk.swap']}]
+
+
+def test_rescue_and_pre_live_migration_make_their_disks_in_one_batch(
+        fx, host, batches):
+    backend = imagebackend.Backend(conf=host)
+    inst = make_instance(config_drive=True)
+    flows.rescue(backend, CTX, inst)
+    inst2, mapping = live_instance()
+    flows.pre_live_migration(backend, CTX, inst2, mapping,
+                             live_records(inst2).values(), source_host=SRC)
+    live = ['disk', 'disk.config', 'disk.local', 'disk.swap']
+    assert batches == [
+        {'declared': ['disk.rescue', 'disk.config.rescue'],
+         'created': ['disk.rescue', 'disk.config.rescue']},
+        {'declared': live, 'created': live}]
+
+
+def test_finish_migration_makes_missing_and_fresh_disks_in_one_batch(
+        make_fx, host, monkeypatch):
+    fx = make_fx(existing=['disk', 'disk.swap'])
+    opened = spy_batches(fx, monkeypatch)
+    backend = imagebackend.Backend(conf=host)
+    inst = make_instance(ephemeral_gb=1, swap=512)
+    copied_disks(fx, {'disk': GiB, 'disk.swap': 256 * MiB})
+    flows.finish_migration(backend, CTX, inst,
+                           instance_mod.disk_mapping(inst), source_host=SRC)
+    # The missing disk is declared; the swap made afresh replaces a record
+    # of its own (written as alone), inside the same batch.
+    assert opened == [{'declared': ['disk.local'],
+                       'created': ['disk.local', 'disk.swap']}]
