@@ -101,6 +101,9 @@ class Image(abc.ABC):
     fixed_format: ClassVar[str | None] = None
     # How this disk is encrypted (backends that can encrypt set it).
     encryption: encryption_mod.Encryption | None = None
+    # While cache() creates the disk: what create_image says it made
+    # (:meth:`_note_made`), else None.
+    _made: dict[str, int] | None = None
 
     def __init__(self, instance=None, disk_name: str | None = None,
                  path: str | None = None, disk_info_mapping=None, *,
@@ -273,10 +276,14 @@ class Image(abc.ABC):
                 source = ('func', filename)
             with self._creating(source[0], source[1],
                                 self._current_creation_path()) as facts:
-                self.create_image(fetch_func_sync, base, size, safe=safe,
-                                  *args, **kwargs)
-                self._legacy_resize(base, size)
-                facts.update(self._legacy_facts(base))
+                self._made = {}
+                try:
+                    self.create_image(fetch_func_sync, base, size,
+                                      safe=safe, *args, **kwargs)
+                    self._legacy_resize(base, size)
+                    facts.update(self._legacy_facts(base))
+                finally:
+                    self._made = None
             return
         if not os.path.exists(base):
             self.create_image(fetch_func_sync, base, size, safe=safe,
@@ -285,14 +292,31 @@ class Image(abc.ABC):
 
     def _legacy_resize(self, base: str, size: int | None) -> None:
         if size:
-            if os.path.exists(base) and size > self.get_disk_size(base):
+            if os.path.exists(base) and size > self.get_disk_size(base) \
+                    and size > self._made_size():
                 self.resize_image(size)
             self._preallocate(size)
 
+    def _note_made(self, virtual_size: int) -> None:
+        """Say, from ``create_image``, the virtual size of the disk it has
+        just made (it knows: the size it asked for, or the base's as its
+        sidecar says), so that cache() records it without a qemu-img
+        probe. Only while cache() is creating the disk."""
+        if self._made is not None:
+            self._made['virtual_size'] = virtual_size
+
+    def _made_size(self) -> int:
+        """The size create_image said it made (:meth:`_note_made`), else 0
+        (not known)."""
+        return (self._made or {}).get('virtual_size', 0)
+
     def _legacy_facts(self, base: str) -> dict[str, Any]:
-        """What cache() made, found the way Nova finds it (qemu-img)."""
+        """What cache() made: as create_image said (:meth:`_note_made`),
+        else found the way Nova finds it (qemu-img, for a create_image
+        that does not say, e.g. a subclass's)."""
+        size = self._made_size()
         facts = {'format': self.driver_format,
-                 'virtual_size': self.get_disk_size(self.path)}
+                 'virtual_size': size or self.get_disk_size(self.path)}
         if self.capabilities.backing_in_cache:
             entry = self._legacy_base_entry(base)
             facts.update(backing=entry.name, backing_format=entry.format,
@@ -638,12 +662,14 @@ class Image(abc.ABC):
     # -- size ------------------------------------------------------------------
 
     def virtual_size(self) -> int:
-        """The disk's size as the guest sees it: the record says, else (a
+        """The disk's size as the guest sees it: the record says, else
+        (while cache() creates it) what create_image said it made, else (a
         disk made before records) qemu-img with the backend's format."""
         record = self.record
         if record is not None and record.created:
             return record.virtual_size
-        return self.get_disk_size(self.path)
+        made = self._made_size()
+        return made or self.get_disk_size(self.path)
 
     def resize_image(self, size: int) -> None:
         """Grow the disk to ``size`` bytes; refuse to shrink it.
@@ -674,6 +700,8 @@ class Image(abc.ABC):
         if size == current:
             return
         self._grow(size)
+        if self._made_size():
+            self._note_made(size)
         self._update_record(virtual_size=size)
 
     @abc.abstractmethod

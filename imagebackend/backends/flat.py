@@ -148,6 +148,8 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
             # Generating (ephemeral, swap): written straight into the disk.
             if not self.exists():
                 prepare_template(target=self.path, *args, **kwargs)
+                # Raw, as the driver_format it is recorded with says.
+                self._note_made(os.path.getsize(self.path))
             elif size:
                 self.resize_image(size)
             return
@@ -162,6 +164,7 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
         if not self.exists():
             with self.image_cache.lock(os.path.basename(base)):
                 processes.execute('cp', '-r', base, self.path)
+            self._note_made(entry.virtual_size)
             if size:
                 self.resize_image(size)
 

@@ -156,7 +156,8 @@ class Qcow2(localfile.LocalFileImage):
         if entry is not None:
             base_format = entry.format
             self.image_cache.touch(entry)
-        self.verify_base_size(base, size)
+        base_size = self.get_disk_size(base)
+        self.verify_base_size(base, size, base_size)
         if self.exists() and self._legacy_base_name(
                 os.path.basename(base)) is not None:
             self._restore_legacy_base(
@@ -165,6 +166,7 @@ class Qcow2(localfile.LocalFileImage):
             with self.image_cache.lock(os.path.basename(base)):
                 qemu.create(self.path, 'qcow2', size, backing=base,
                             backing_fmt=base_format)
+            self._note_made(size or base_size)
 
     # -- legacy resized bases (Nova's legacy_backing_size) ---------------------
 

@@ -1,8 +1,12 @@
-"""The legacy path never lets qemu-img probe a format (issue 9, point 10).
+"""The legacy path never lets qemu-img probe a format (issue 9, point 10),
+and asks qemu-img nothing about what the library made (issue 12, point 1).
 
 A base Nova's own fetch function left in ``_base`` has no sidecar; the
 legacy ``cache()`` path reads its size (Nova's get_disk_size) with the
-format its bytes show to format_inspector, passed as ``-f``.
+format its bytes show to format_inspector, passed as ``-f``. Once the
+library has described it (its sidecar), a disk made on it through the same
+path runs no ``qemu-img info``: the base's format and size come from the
+sidecar, the disk's from what the backend made.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from imagebackend import names
 from imagebackend import processes
 from imagebackend import qemu
 
+from tests import hosts
 from tests.functional.conftest import MiB, run
 
 BACKENDS = ('flat', 'qcow2')
@@ -38,8 +43,9 @@ def test_legacy_cache_runs_no_qemu_img_info_without_format(
         disk.cache(fetch_func=fetch_image, context=None, filename=NAME,
                    image_id='img', size=64 * MiB)
     infos = [c for c in commands if c[:2] == ('qemu-img', 'info')]
-    assert infos  # the base's size was read (Nova's get_disk_size) ...
-    assert all('-f' in c for c in infos), infos   # ... never by probing
+    # The base's size, where read with qemu-img (Nova's get_disk_size),
+    # is never read by probing.
+    assert all('-f' in c for c in infos), infos
     record = backend.records.get(instance.uuid, 'disk')
     assert (record.state, record.virtual_size) == ('created', 64 * MiB)
 
@@ -74,3 +80,43 @@ def test_hostile_sidecarless_base_is_refused_not_probed(backend, instance,
             disk.cache(fetch_func=fetch_image, context=None, filename=NAME,
                        image_id='img', size=64 * MiB)
     assert [c for c in commands if c[:2] == ('qemu-img', 'info')] == []
+
+
+def _nova_ephemeral(target, ephemeral_size=None, **kwargs):
+    # What Nova's _create_ephemeral writes: a raw file with a filesystem.
+    run('truncate', '-s', f'{ephemeral_size}G', target)
+    run('mkfs', '-t', 'ext4', '-F', '-q', target)
+
+
+@pytest.mark.parametrize('image_type', BACKENDS)
+def test_legacy_cache_on_cached_bases_runs_no_qemu_img_info(
+        backend, tmp_path, image_type):
+    """As Nova's driver makes a second instance's root (grown) and
+    ephemeral disks: no qemu-img info, and the records say what qemu-img
+    would."""
+    src = str(tmp_path / 'src.qcow2')
+    run('qemu-img', 'create', '-q', '-f', 'qcow2', src, str(32 * MiB))
+    run('qemu-io', '-f', 'qcow2', '-c', 'write -P 0xab 0 1M', src)
+
+    def fetch_image(target, context=None, image_id=None, **kwargs):
+        run('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', src, target)
+
+    def spawn(instance):
+        backend.by_name(instance, 'disk', image_type).cache(
+            fetch_func=fetch_image, context=None, filename=NAME,
+            image_id='img', size=64 * MiB)
+        backend.by_name(instance, 'disk.local', image_type).cache(
+            fetch_func=_nova_ephemeral, context=None,
+            filename='ephemeral_1_ext4', size=1024 * MiB, ephemeral_size=1,
+            safe=True)
+
+    spawn(hosts.Instance())     # the bases are made and described
+    second = hosts.Instance()
+    with processes.recording() as commands:
+        spawn(second)
+    assert [c for c in commands if c[:2] == ('qemu-img', 'info')] == []
+    for name, size in (('disk', 64 * MiB), ('disk.local', 1024 * MiB)):
+        record = backend.records.get(second.uuid, name)
+        assert (record.state, record.virtual_size) == ('created', size)
+        disk = backend.by_name(second, name)
+        assert qemu.virtual_size(disk.path, record.format) == size
