@@ -150,13 +150,15 @@ class Qcow2(localfile.LocalFileImage):
         # base itself (safe); so does the legacy path.
         check = not (safe or self.conf.workarounds.disable_deep_image_inspection)
         entry = self.image_cache.get(os.path.basename(base))
-        if entry is None or check:
-            found = formats.detect(base, check_safety=check)
-            base_format = formats.cache_format(found.format)
-        if entry is not None:
-            base_format = entry.format
-            self.image_cache.touch(entry)
-        base_size = self.get_disk_size(base)
+        if entry is None:
+            # Written just now by the caller's fetch (Nova's writes no
+            # sidecar): described once, from its inspected bytes, so its
+            # format and size come from the sidecar, never from qemu-img.
+            entry = self._described_base(base, kwargs.get('image_id'))
+        elif check:
+            formats.detect(base, check_safety=True)
+        self.image_cache.touch(entry)
+        base_format, base_size = entry.format, entry.virtual_size
         self.verify_base_size(base, size, base_size)
         if self.exists() and self._legacy_base_name(
                 os.path.basename(base)) is not None:

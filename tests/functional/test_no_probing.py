@@ -2,11 +2,10 @@
 and asks qemu-img nothing about what the library made (issue 12, point 1).
 
 A base Nova's own fetch function left in ``_base`` has no sidecar; the
-legacy ``cache()`` path reads its size (Nova's get_disk_size) with the
-format its bytes show to format_inspector, passed as ``-f``. Once the
-library has described it (its sidecar), a disk made on it through the same
-path runs no ``qemu-img info``: the base's format and size come from the
-sidecar, the disk's from what the backend made.
+legacy ``cache()`` path describes it once from its bytes (format_inspector,
+safety-checked, and its digest: a sidecar), so neither that disk nor a
+later one made on it runs ``qemu-img info``: the base's format and size
+come from the sidecar, the disk's from what the backend made.
 """
 
 from __future__ import annotations
@@ -42,10 +41,10 @@ def test_legacy_cache_runs_no_qemu_img_info_without_format(
     with processes.recording() as commands:
         disk.cache(fetch_func=fetch_image, context=None, filename=NAME,
                    image_id='img', size=64 * MiB)
-    infos = [c for c in commands if c[:2] == ('qemu-img', 'info')]
-    # The base's size, where read with qemu-img (Nova's get_disk_size),
-    # is never read by probing.
-    assert all('-f' in c for c in infos), infos
+    # The base is described from its bytes, in-process (format_inspector,
+    # safety-checked): its format and size are never asked of qemu-img,
+    # let alone by probing.
+    assert [c for c in commands if c[:2] == ('qemu-img', 'info')] == []
     record = backend.records.get(instance.uuid, 'disk')
     assert (record.state, record.virtual_size) == ('created', 64 * MiB)
 
