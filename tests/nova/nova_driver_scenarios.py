@@ -29,6 +29,8 @@ For each backend, one instance goes through, in order:
   fakelibvirt) with ``_create_configdrive`` as its post-XML callback; the
   XML is then defined on libvirt's real test driver (``test:///default``,
   the real libvirt module, not the fakelibvirt Nova's fixture installs);
+* ``warm_create`` (flat, qcow2): ``_create_image`` of a second instance,
+  every base cached now; records the processes it started (Nova's or the library's);
 * ``pre_live_migration``: ``pre_live_migration`` (so
   ``_create_images_and_backing``) on a second host's instances_path, with
   the disk_info Nova's source sends (``_get_instance_disk_info_from_config``)
@@ -71,6 +73,10 @@ import xml.etree.ElementTree as ET
 
 IMAGE_ID = '155d900f-4e14-4e4c-a73d-069cbf4541e6'
 INSTANCE_UUID = '6b2f5a34-bd6c-4b3b-8c4e-2b8d3f2f0a10'
+WARM_UUID = '3f0e6c1a-77d2-4c8e-9b1a-5d4e2f6a8c90'
+# Backends whose disks are all files in the instance directory (removed
+# with it) and that the warm_create step covers.
+WARM_BACKENDS = ('flat', 'qcow2')
 IMAGE_MB = 64
 MiB = 1024 * 1024
 
@@ -125,7 +131,12 @@ from nova.virt.libvirt import config as vconfig  # noqa: E402
 from nova.virt.libvirt import driver as libvirt_driver  # noqa: E402
 from nova.virt.libvirt import utils as libvirt_utils  # noqa: E402
 
+from benchmarks import process_log  # noqa: E402
+
 CONF = nova.conf.CONF
+# Every process started, by Nova or the library (see _warm_create); after
+# Nova's imports, which monkey-patch subprocess (eventlet).
+PROCESSES = process_log.install()
 RESULTS: dict = {}
 
 
@@ -556,6 +567,8 @@ class DriverScenarios(test.NoDBTestCase):
                 f.write(xml)
             return
 
+        if self.backend in WARM_BACKENDS:
+            self._warm_create(drvr, image_meta)
         self._pre_live_migration(drvr, instance, xml)
         self._resize(drvr, instance, image_meta, network_info)
         self._run('cleanup_resize', lambda: drvr._cleanup_resize(
@@ -568,6 +581,20 @@ class DriverScenarios(test.NoDBTestCase):
         on_disk = self._run('instance_on_disk',
                             lambda: drvr.instance_on_disk(instance))
         self._record('instance_on_disk', result=on_disk)
+
+    def _warm_create(self, drvr, image_meta):
+        """A second instance's disks (``_create_image``), every base now
+        cached: the processes started meanwhile (Nova's and the library's),
+        as :mod:`benchmarks.process_log` names them. The instance is
+        removed again."""
+        instance = self._instance()
+        instance.uuid = WARM_UUID
+        disk_info = blockinfo.get_disk_info('kvm', instance, image_meta)
+        started = len(PROCESSES)
+        self._run('warm_create', lambda: drvr._create_image(
+            self.context, instance, disk_info['mapping']))
+        self._record('warm_create', commands=PROCESSES[started:])
+        shutil.rmtree(libvirt_utils.get_instance_path(instance))
 
     def _finish(self, drvr, instance, image_meta, network_info):
         """Mixed hosts: take up the instance a 'make' run left (perhaps
