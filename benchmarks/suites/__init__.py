@@ -8,10 +8,12 @@ import dataclasses
 
 from benchmarks import env, floors
 from benchmarks.suites import (cache_scan, cold_parallel, disk_bytes,
-                               memory, migration, reflink, spawn_cached)
+                               memory, migration, nova_driver, reflink,
+                               spawn_cached)
 
 SUITES = {m.NAME: m for m in (spawn_cached, cold_parallel, disk_bytes,
-                              reflink, migration, cache_scan, memory)}
+                              reflink, migration, cache_scan, memory,
+                              nova_driver)}
 
 
 @dataclasses.dataclass
