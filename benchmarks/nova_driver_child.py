@@ -30,7 +30,6 @@ run: its whole instances_path) is removed after the timing.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import os
@@ -38,8 +37,6 @@ import shutil
 import sys
 import time
 import uuid as uuid_mod
-
-MiB = 1024 * 1024
 
 
 def parse_args(argv=None):
@@ -64,7 +61,7 @@ if not ARGS.own:
     import imagebackend.nova_swap
     imagebackend.nova_swap.install()
 
-from benchmarks import process_log  # noqa: E402
+from benchmarks import nova_glance, process_log  # noqa: E402
 
 from nova import context as nova_context  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
@@ -130,41 +127,14 @@ class Host(test.NoDBTestCase):
         self.useFixture(nova_fixtures.PrivsepFixture())
         self.stub_out('nova.objects.InstanceList.get_by_host',
                       lambda *a, **k: objects.InstanceList(objects=[]))
-        self._stub_glance()
+        nova_glance.stub_glance(self, IMAGE_ID, ARGS.image, 'bench',
+                                ARGS.image_virtual)
         self.context = nova_context.get_admin_context()
         self.paths = 0
         self.new_instances_path()
         self.drvr = libvirt_driver.LibvirtDriver(fake.FakeVirtAPI(), False)
         self.image_meta = objects.ImageMeta.from_dict(
             {'id': IMAGE_ID, 'disk_format': 'qcow2', 'properties': {}})
-
-    def _stub_glance(self):
-        meta = {'id': IMAGE_ID, 'name': 'bench', 'status': 'active',
-                'disk_format': 'qcow2', 'container_format': 'bare',
-                'size': os.path.getsize(ARGS.image),
-                'virtual_size': ARGS.image_virtual, 'min_disk': 0,
-                'min_ram': 0, 'properties': {}, 'locations': [],
-                'owner': 'fake'}
-
-        def get(api, context, image_id, include_locations=False,
-                show_deleted=True):
-            return copy.deepcopy(meta)
-
-        def download(api, context, image_id, data=None, dest_path=None,
-                     trusted_certs=None):
-            if dest_path:
-                shutil.copyfile(ARGS.image, dest_path)
-                return None
-            with open(ARGS.image, 'rb') as f:
-                chunks = iter(lambda: f.read(MiB), b'')
-                if data is None:
-                    return list(chunks)
-                for chunk in chunks:
-                    data.write(chunk)
-            return None
-
-        self.stub_out('nova.image.glance.API.get', get)
-        self.stub_out('nova.image.glance.API.download', download)
 
     def new_instances_path(self) -> None:
         self.paths += 1

@@ -119,7 +119,6 @@ import fixtures  # noqa: E402
 
 import nova.conf  # noqa: E402
 from nova import context as nova_context  # noqa: E402
-from nova import exception  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
 from nova import objects  # noqa: E402
 from nova import test  # noqa: E402
@@ -131,7 +130,7 @@ from nova.virt.libvirt import config as vconfig  # noqa: E402
 from nova.virt.libvirt import driver as libvirt_driver  # noqa: E402
 from nova.virt.libvirt import utils as libvirt_utils  # noqa: E402
 
-from benchmarks import process_log  # noqa: E402
+from benchmarks import nova_glance, process_log  # noqa: E402
 
 CONF = nova.conf.CONF
 # Every process started, by Nova or the library (see _warm_create); after
@@ -434,36 +433,8 @@ class DriverScenarios(test.NoDBTestCase):
     def _stub_glance(self):
         image, digest = make_image(self.work)
         RESULTS.setdefault(self.backend, {})['image'] = {'sha256': digest}
-        virtual_size = IMAGE_MB * MiB
-        meta = {'id': IMAGE_ID, 'name': 'scenario', 'status': 'active',
-                'disk_format': 'qcow2', 'container_format': 'bare',
-                'size': os.path.getsize(image),
-                'virtual_size': virtual_size, 'min_disk': 0, 'min_ram': 0,
-                'properties': {}, 'locations': [], 'owner': 'fake'}
-
-        def get(api, context, image_id, include_locations=False,
-                show_deleted=True):
-            if image_id != IMAGE_ID:
-                raise exception.ImageNotFound(image_id=image_id)
-            return copy.deepcopy(meta)
-
-        def download(api, context, image_id, data=None, dest_path=None,
-                     trusted_certs=None):
-            if image_id != IMAGE_ID:
-                raise exception.ImageNotFound(image_id=image_id)
-            if dest_path:
-                shutil.copyfile(image, dest_path)
-                return None
-            with open(image, 'rb') as f:
-                chunks = iter(lambda: f.read(MiB), b'')
-                if data is None:
-                    return list(chunks)
-                for chunk in chunks:
-                    data.write(chunk)
-            return None
-
-        self.stub_out('nova.image.glance.API.get', get)
-        self.stub_out('nova.image.glance.API.download', download)
+        nova_glance.stub_glance(self, IMAGE_ID, image, 'scenario',
+                                IMAGE_MB * MiB)
 
     # -- helpers ---------------------------------------------------------
 
