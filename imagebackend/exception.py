@@ -31,6 +31,13 @@ class InvalidDiskName(InvalidInput):
     msg_fmt = "Invalid disk or cache name %(name)r: %(reason)s"
 
 
+class InvalidOverlay(InvalidInput):
+    """A qcow2 overlay the in-process writer does not make (size, backing
+    name or format out of its range); nothing was written."""
+
+    msg_fmt = "Cannot write this qcow2 overlay: %(reason)s"
+
+
 class UnknownBackend(InvalidInput):
     msg_fmt = "Unknown image type %(image_type)r (known: %(known)s)"
 
