@@ -673,6 +673,18 @@ Related options:
 * ``force_raw_images``: a converted image takes its virtual size
   (sparse) in the cache.
 """),
+    cfg.BoolOpt('qcow2_overlay_writer',
+                default=True,
+                help="""
+Write the Qcow2 backend's overlays in-process.
+
+When true, a new qcow2 disk on a cached base is written by the
+library itself: the same bytes ``qemu-img create -f qcow2 -F <fmt>
+-b <base>`` writes (qemu 7.2, 64 KiB clusters), without a process.
+Requests it does not cover (preallocation, other base formats)
+still run qemu-img. Set to false to run qemu-img for every overlay;
+the disk's record says which made it (provenance ``overlay``).
+"""),
     cfg.StrOpt('thin_pool',
                default=None,
                help="""

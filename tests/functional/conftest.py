@@ -161,3 +161,18 @@ def recorded():
     """Commands run through the process runner during the test."""
     with processes.recording() as commands:
         yield commands
+
+
+@pytest.fixture(params=['in-process', 'qemu-img'])
+def qcow2_overlay(request, host):
+    """Qcow2 overlays made both ways: by the in-process writer and, with
+    ``[imagebackend] qcow2_overlay_writer`` off, by ``qemu-img create``.
+    The value is the provenance ``overlay`` the disk's record says."""
+    host.set_override('qcow2_overlay_writer', request.param == 'in-process',
+                      group='imagebackend')
+    return request.param
+
+
+def overlay_commands(qcow2_overlay: str) -> list[tuple[str, str]]:
+    """The commands (first two words) making one Qcow2 overlay."""
+    return [] if qcow2_overlay == 'in-process' else [('qemu-img', 'create')]

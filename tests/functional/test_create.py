@@ -14,8 +14,8 @@ from imagebackend import fileutils
 from imagebackend import shim
 
 from tests.functional.conftest import (GiB, MiB, Instance, blkid, guest_bytes,
-                                       make_ephemeral, make_swap, qemu_info,
-                                       run)
+                                       make_ephemeral, make_swap,
+                                       overlay_commands, qemu_info, run)
 
 SHA1_IMG = hashlib.sha1(b'img').hexdigest()
 
@@ -31,7 +31,7 @@ def _commands(recorded, *words):
 # -- Qcow2 -------------------------------------------------------------------
 
 def test_qcow2_native_from_image(backend, instance, make_image, host,
-                                 recorded, tmp_path):
+                                 recorded, tmp_path, qcow2_overlay):
     src = make_image('img', 'qcow2', 64 * MiB)
     disk = backend.by_name(instance, 'disk', 'qcow2')
     disk.create_from_image(None, 'img', 128 * MiB)
@@ -53,33 +53,38 @@ def test_qcow2_native_from_image(backend, instance, make_image, host,
     assert (record.backing, record.backing_format) == (SHA1_IMG, 'raw')
     assert record.location == disk.path
     assert record.provenance['path'] == 'native'
-    # Fetch converted the qcow2 image once; the disk is one create; nothing
-    # the library made was ever inspected with qemu-img info.
-    assert [c[:2] for c in recorded] == [('qemu-img', 'convert'),
-                                         ('qemu-img', 'create')]
+    assert record.provenance['overlay'] == qcow2_overlay
+    # Fetch converted the qcow2 image once; the disk is one create (or
+    # none: written in-process); nothing the library made was ever
+    # inspected with qemu-img info.
+    assert [c[:2] for c in recorded] == [('qemu-img', 'convert')] + \
+        overlay_commands(qcow2_overlay)
 
 
 def test_qcow2_native_cached_base_is_one_command(backend, make_image,
-                                                 recorded):
+                                                 recorded, qcow2_overlay):
     make_image('img', 'raw')
     backend.by_name(Instance(), 'disk', 'qcow2').create_from_image(
         None, 'img', GiB)
     recorded.clear()
     second = backend.by_name(Instance(), 'disk', 'qcow2')
     second.create_from_image(None, 'img', GiB)
-    assert recorded == [(
-        'qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
-        second.image_cache.path(SHA1_IMG), second.path, str(GiB))]
+    command = ('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+               second.image_cache.path(SHA1_IMG), second.path, str(GiB))
+    assert recorded == ([] if qcow2_overlay == 'in-process' else [command])
+    assert qemu_info(second.path)['full-backing-filename'] == \
+        second.image_cache.path(SHA1_IMG)
 
 
-def test_qcow2_native_from_func_caches_template(backend, host, recorded):
+def test_qcow2_native_from_func_caches_template(backend, host, recorded,
+                                                qcow2_overlay):
     func = make_ephemeral('ephemeral0', 'ext4', 64 * MiB)
     first = backend.by_name(Instance(), 'disk.local', 'qcow2')
     first.create_from_func(None, func, 'ephemeral_64M_ext4', 64 * MiB)
     recorded.clear()
     second = backend.by_name(Instance(), 'disk.local', 'qcow2')
     second.create_from_func(None, func, 'ephemeral_64M_ext4', 64 * MiB)
-    assert [c[:2] for c in recorded] == [('qemu-img', 'create')]
+    assert [c[:2] for c in recorded] == overlay_commands(qcow2_overlay)
     template = _base(host, 'ephemeral_64M_ext4')
     assert qemu_info(second.path)['full-backing-filename'] == template
     assert blkid(template)['TYPE'] == 'ext4'
@@ -91,7 +96,8 @@ def test_qcow2_native_from_func_caches_template(backend, host, recorded):
 
 
 def test_qcow2_without_force_raw_keeps_qcow2_base(backend, host, instance,
-                                                  make_image, recorded):
+                                                  make_image, recorded,
+                                                  qcow2_overlay):
     host.set_override('force_raw_images', False)
     make_image('img', 'qcow2')
     disk = backend.by_name(instance, 'disk', 'qcow2')
@@ -100,7 +106,21 @@ def test_qcow2_without_force_raw_keeps_qcow2_base(backend, host, instance,
     assert qemu_info(disk.path)['backing-filename-format'] == 'qcow2'
     assert backend.records.get(instance.uuid, 'disk').backing_format == \
         'qcow2'
-    assert [c[:2] for c in recorded] == [('qemu-img', 'create')]
+    assert [c[:2] for c in recorded] == overlay_commands(qcow2_overlay)
+
+
+def test_qcow2_preallocation_stays_with_qemu_img(backend, host, instance,
+                                                 make_image, recorded):
+    """The writer covers no preallocation: qemu-img makes the overlay,
+    and the record says so."""
+    host.set_override('preallocate_images', 'space')
+    make_image('img', 'raw')
+    disk = backend.by_name(instance, 'disk', 'qcow2')
+    disk.create_from_image(None, 'img', 128 * MiB)
+    record = backend.records.get(instance.uuid, 'disk')
+    assert record.provenance['overlay'] == 'qemu-img'
+    assert ('qemu-img', 'create') in [c[:2] for c in recorded]
+    run('qemu-img', 'check', '-f', 'qcow2', disk.path)
 
 
 # -- Flat ----------------------------------------------------------------------

@@ -49,7 +49,7 @@ EXPECTED = {
                                      'default_format'},
     'imagebackend': {'images_dir', 'qemu_img_address_space_limit',
                      'qemu_img_cpu_time_limit', 'thin_pool',
-                     'max_image_virtual_size_gb'},
+                     'max_image_virtual_size_gb', 'qcow2_overlay_writer'},
 }
 
 
