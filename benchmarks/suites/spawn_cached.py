@@ -119,7 +119,9 @@ def _backend(ctx, result, host, backend, entry, floor, shape) -> None:
 
     def drop_native(i):
         record = backend.records.get(current['inst'].uuid, 'disk')
-        method = record.provenance.get('copy', 'overlay')
+        # Flat: how the image was copied; Qcow2: who wrote the overlay.
+        method = record.provenance.get('copy') or \
+            record.provenance.get('overlay', 'overlay')
         if i >= 0:
             copies[method] = copies.get(method, 0) + 1
         drop_instance(i)
