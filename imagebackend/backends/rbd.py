@@ -138,6 +138,7 @@ from imagebackend import processes
 from imagebackend import qemu
 from imagebackend import revert
 from imagebackend import sources
+from imagebackend.backends import ceph_connection
 from imagebackend.backends import rbd_driver
 from imagebackend.backends import rbd_locations
 from imagebackend.backends.rbd_locations import (  # noqa: F401 (API)
@@ -150,6 +151,8 @@ except ImportError:  # pragma: no cover - checked when a disk is used
     rados = librbd = None
 
 LOG = logging.getLogger(__name__)
+
+_Connection = ceph_connection.Connection
 
 # Glance's rbd store name for the protected snapshot of an image; pool bases
 # use it too, so a base and a Glance image look alike.
@@ -226,37 +229,6 @@ def _require_bindings() -> None:
         raise exception.BackendUnavailable(
             image_type='rbd', reason='the python3-rados/python3-rbd '
             'bindings are not importable')
-
-
-class _Connection:
-    """One RADOS connection with its I/O contexts, for a block of calls."""
-
-    def __init__(self, client):
-        self.client = client
-        self._ioctxs: dict[str, Any] = {}
-        self._fsid: str | None = None
-
-    def ioctx(self, pool: str):
-        if pool not in self._ioctxs:
-            try:
-                self._ioctxs[pool] = self.client.open_ioctx(pool)
-            except rados.ObjectNotFound:
-                raise exception.BackendUnavailable(
-                    image_type='rbd', reason=f'pool {pool!r} does not exist')
-        return self._ioctxs[pool]
-
-    @property
-    def fsid(self) -> str:
-        if self._fsid is None:
-            self._fsid = self.client.get_fsid()
-        return self._fsid
-
-    def close(self) -> None:
-        for ioctx in self._ioctxs.values():
-            with contextlib.suppress(Exception):
-                ioctx.close()
-        self._ioctxs.clear()
-        self.client.shutdown()
 
 
 class Rbd(image.SelfContained, image.Image):
@@ -350,30 +322,9 @@ class Rbd(image.SelfContained, image.Image):
     @contextlib.contextmanager
     def _connect(self) -> Iterator[_Connection]:
         _require_bindings()
-        try:
-            client = rados.Rados(rados_id=self.rbd_user,
-                                 conffile=self.ceph_conf or None)
-        except rados.Error as e:
-            raise exception.BackendUnavailable(
-                image_type='rbd',
-                reason=f'cannot read Ceph config {self.ceph_conf!r}: {e}')
-        try:
-            # connect(timeout=) alone does not bound the wait for monitors
-            # (librados 16 waits client_mount_timeout, 300 s); this does.
-            client.conf_set('client_mount_timeout', str(self.connect_timeout))
-            client.connect(timeout=self.connect_timeout)
-        except rados.Error as e:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            raise exception.BackendUnavailable(
-                image_type='rbd', reason=f'cannot connect to Ceph (config '
-                f'{self.ceph_conf or "default"}, user '
-                f'{self.rbd_user or "admin"}): {e}')
-        conn = _Connection(client)
-        try:
+        with ceph_connection.connect(self.ceph_conf, self.rbd_user,
+                                     self.connect_timeout) as conn:
             yield conn
-        finally:
-            conn.close()
 
     @contextlib.contextmanager
     def _open(self, conn: _Connection, read_only: bool = False):
