@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib
 import os
+import threading
 from typing import Any, Callable, Iterable, Iterator
 
 from imagebackend import backend_types
@@ -83,6 +84,40 @@ class Backend:
         # Where encrypted disks' keys come from (castellan's key_manager
         # API: get(context, key_uuid).get_encoded()); used only for them.
         self.key_manager = key_manager
+        # What backends keep for this Backend's life (see shared()).
+        self._shared: dict[Any, Any] = {}
+        self._shared_lock = threading.Lock()
+
+    def shared(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The object ``make()`` returned for ``key`` on this Backend,
+        made on first use (once, under a lock: ``make`` must be quick).
+
+        Where a backend keeps what its disks share instead of asking for
+        it per disk (a volume group's extent size, a cluster connection);
+        objects with a ``close()`` are closed by :meth:`close`.
+        """
+        with self._shared_lock:
+            try:
+                return self._shared[key]
+            except KeyError:
+                value = self._shared[key] = make()
+                return value
+
+    def close(self) -> None:
+        """Close what the backends keep (connections). The Backend stays
+        usable: what a later disk needs is made again."""
+        with self._shared_lock:
+            kept, self._shared = self._shared, {}
+        for value in kept.values():
+            close = getattr(value, 'close', None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> 'Backend':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _type(self, image_type: str | None) -> str:
         image_type = image_type or self.conf.libvirt.images_type

@@ -424,7 +424,7 @@ class Image(abc.ABC):
     @contextlib.contextmanager
     def _creating_locked(self, source_type: str, source_id: str | None,
                          creation_path: str, **provenance) -> Iterator[dict]:
-        if self.exists():
+        if self._exists_before_creating():
             raise exception.DiskExists(location=self.location)
         uuid = self.instance_uuid
         batch = self._batch()
@@ -451,9 +451,15 @@ class Image(abc.ABC):
             self._record = record
             undo.add(self._forget_record)
             os.makedirs(self.instance_dir, exist_ok=True)
-            # The disk did not exist: whatever is there on failure is ours.
-            undo.add(self.remove_disk)
-            yield facts
+            # The disk did not exist: whatever is there on failure is ours,
+            # unless the create command itself found it there (DiskExists).
+            theirs: list[bool] = []
+            undo.add(lambda: theirs or self.remove_disk())
+            try:
+                yield facts
+            except exception.DiskExists:
+                theirs.append(True)
+                raise
             # A power cut must not leave a `created` record over a disk
             # whose bytes were still in the page cache.
             self._make_durable()
@@ -475,6 +481,12 @@ class Image(abc.ABC):
         self.records.delete(self.instance_uuid, self.disk_name)
         if batch is not None:
             batch.forget(self.disk_name)
+
+    def _exists_before_creating(self) -> bool:
+        """Whether the disk is there, asked before creating it. A backend
+        whose create command refuses an existing disk, raising DiskExists
+        before making anything, may skip the question."""
+        return self.exists()
 
     def _forget_record(self) -> None:
         self._record = None

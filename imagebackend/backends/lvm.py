@@ -11,19 +11,27 @@ deprecated ``sparse_logical_volumes`` is on).
 Native path, per disk (the cache entry already fetched; its format and size
 come from its sidecar, so nothing runs ``qemu-img info``):
 
-* root from an image: ``vgs`` (free space and extent size: a typed
-  :class:`InsufficientSpace` before anything is made), ``lvs`` (the disk
-  must not exist), ``lvcreate -y -L <bytes>b -n <lv> <vg>``, then the
+* root from an image: ``lvcreate -y -L <bytes>b -n <lv> <vg>``, then the
   cached base is written into the LV by
   ``qemu-img convert -q -f <entry format> -O raw -t none -n <base> <dev>``
-  (explicit ``-f``; never through a temporary file) -- 4 processes, where
+  (explicit ``-f``; never through a temporary file) -- 2 processes, where
   Nova runs 7 (2 of them ``qemu-img info``);
-* ephemeral and swap: ``vgs``, ``lvs``, ``lvcreate``, then the template
-  function formats the LV in place (``mkfs`` / ``mkswap`` on the device).
-  No template is cached; the cache name is recorded as the disk's source.
+* ephemeral and swap: ``lvcreate``, then the template function formats the
+  LV in place (``mkfs`` / ``mkswap`` on the device). No template is
+  cached; the cache name is recorded as the disk's source.
 
+No ``vgs`` / ``lvs`` round trip per disk: ``lvcreate`` itself refuses a
+volume group without the space (its message, with free and required
+extents, becomes a typed :class:`InsufficientSpace`) and an LV that exists
+(:class:`~imagebackend.exception.DiskExists`; what is there is left
+alone), both before anything is made. The existence question is still
+asked (``lvs``) for a disk that has a record, whatever its state: a
+record may stand for an LV that is not this creation's to replace.
 Sizes are rounded up to whole extents (LVM does it anyway) and the record
-holds the LV's real size, which is what the guest sees.
+holds the LV's real size, which is what the guest sees: the extent size is
+read once per :class:`~imagebackend.backend.Backend` and volume group
+(``vgs``; it does not change under an LV's feet -- ``vgchange -s`` refuses
+a size existing LVs are not multiples of).
 
 Thin pools (``[imagebackend] thin_pool``): an image is written once into a
 thin LV ``_base_<cache name>`` of the pool, and each disk made from it is a
@@ -230,6 +238,18 @@ class LogicalVolume:
     @property
     def thin(self) -> bool:
         return self.segtype == 'thin'
+
+
+# lvcreate's refusals (lvm2 lib/metadata/lv_manip.c, tools/lvcreate.c).
+_NO_SPACE = re.compile(r'insufficient free space \((\d+) extents?\): '
+                       r'(\d+) required', re.I)
+_NO_SPACE_NEEDED = re.compile(r'insufficient free space: (\d+) extents '
+                              r'needed, but only (\d+) available', re.I)
+_NO_SPACE_MORE = re.compile(r'insufficient suitable allocatable extents '
+                            r'.*?: (\d+) more required', re.I)
+_LV_EXISTS = re.compile(r'logical volume \S+ already exists in volume '
+                        r'group', re.I)
+_VG_MISSING = re.compile(r'volume group "[^"]*" not found', re.I)
 
 
 def _report(vg: str, *cmd: str) -> str:
@@ -442,22 +462,77 @@ class Lvm(image.SelfContained, image.Image):
 
     # -- volumes --------------------------------------------------------------
 
-    def _group(self, needed: int | None = None) -> VolumeGroup:
-        """The VG; with ``needed``, refuse unless that much is free (thick
-        LVs only: a thin pool is overcommitted on purpose)."""
-        vg = volume_group(self.vg)
-        if needed is not None:
-            self._require_free(vg, needed)
-        return vg
+    def _known_extents(self) -> dict[str, int]:
+        """VG name -> extent size, as this Backend has read them."""
+        return self._backend.shared((__name__, 'extent_size'), dict)
+
+    def _extents(self) -> VolumeGroup:
+        """The VG as far as sizes go: its extent size, read once per
+        Backend (``vgs``); size and free are not known (0) -- lvcreate
+        says when the space is short."""
+        known = self._known_extents()
+        extent = known.get(self.vg)
+        if extent is None:
+            extent = known[self.vg] = volume_group(self.vg).extent_size
+        return VolumeGroup(self.vg, 0, 0, extent)
+
+    def _needed(self, vg: VolumeGroup, size: int) -> int:
+        """What a new LV of ``size`` takes from the VG (0 in a thin pool:
+        overcommitted on purpose)."""
+        if self.thin_pool:
+            return 0
+        needed = vg.round(size)
+        if self.sparse:
+            needed = min(needed, vg.round(SPARSE_PREALLOCATED))
+        return needed
 
     def _require_free(self, vg: VolumeGroup, needed: int) -> None:
-        if not self.thin_pool:
-            needed = vg.round(needed)
-            if self.sparse:
-                needed = min(needed, vg.round(SPARSE_PREALLOCATED))
-            if needed > vg.free:
-                raise InsufficientSpace(vg=self.vg, needed=needed,
-                                        free=vg.free)
+        needed = self._needed(vg, needed)
+        if needed > vg.free:
+            raise InsufficientSpace(vg=self.vg, needed=needed, free=vg.free)
+
+    def _exists_before_creating(self) -> bool:
+        # lvcreate refuses an existing LV (_run_lvcreate). Asked still
+        # for a disk with a record: what it names is not ours to take;
+        # but not for the creating record this thread's batch declared,
+        # under the instance lock, for a disk the flow found absent.
+        batch = self._batch()
+        if batch is not None and batch.declared(self.disk_name):
+            return False
+        return self.record is not None and self.exists()
+
+    def _run_lvcreate(self, command: tuple[str, ...], vg: VolumeGroup,
+                      size: int) -> None:
+        """Run an ``lvcreate`` of this disk; its refusals typed: an LV
+        that exists (DiskExists), a VG without the space
+        (InsufficientSpace, with lvcreate's figures). Either way nothing
+        was made."""
+        try:
+            processes.execute(*command, root=True)
+        except exception.ProcessError as e:
+            stderr = e.stderr or ''
+            if _LV_EXISTS.search(stderr):
+                raise exception.DiskExists(location=self.location)
+            if _VG_MISSING.search(stderr):
+                # Gone since its extent size was read: asked again next time.
+                self._known_extents().pop(self.vg, None)
+                raise exception.BackendUnavailable(
+                    image_type='lvm', reason=f'volume group {self.vg} not '
+                    'found')
+            if 'insufficient' not in stderr.lower():
+                raise
+            needed = self._needed(vg, size)
+            if (m := _NO_SPACE.search(stderr)):
+                free = int(m.group(1)) * vg.extent_size
+                needed = int(m.group(2)) * vg.extent_size
+            elif (m := _NO_SPACE_NEEDED.search(stderr)):
+                needed = int(m.group(1)) * vg.extent_size
+                free = int(m.group(2)) * vg.extent_size
+            elif (m := _NO_SPACE_MORE.search(stderr)):
+                free = max(needed - int(m.group(1)) * vg.extent_size, 0)
+            else:
+                free = volume_group(self.vg).free
+            raise InsufficientSpace(vg=self.vg, needed=needed, free=free)
 
     def _lvcreate_command(self, size: int, vg: VolumeGroup
                           ) -> tuple[str, ...]:
@@ -484,16 +559,8 @@ class Lvm(image.SelfContained, image.Image):
                 key_uuid=getattr(self.encryption, 'key_uuid', None),
                 disk=self.location, reason='no key was fetched for it'
                 if key is None else 'the disk is not to be encrypted')
-        command = self._lvcreate_command(size, vg)
+        self._run_lvcreate(self._lvcreate_command(size, vg), vg, size)
         size = vg.round(size)
-        try:
-            processes.execute(*command, root=True)
-        except exception.ProcessError as e:
-            # Someone else took the space between vgs and lvcreate.
-            if 'insufficient free space' in e.stderr.lower():
-                raise InsufficientSpace(vg=self.vg, needed=size,
-                                        free=vg.free)
-            raise
         if key is not None:
             with revert.Reverter() as undo:
                 undo.add(self.remove_disk)
@@ -527,7 +594,7 @@ class Lvm(image.SelfContained, image.Image):
         if self.thin_snapshots:
             self._snapshot_of(image_id, entry, wanted)
             return
-        vg = self._group(needed=wanted)
+        vg = self._extents()
         with self._creating('image', image_id, 'native') as facts:
             final = self._lvcreate(wanted, vg, key)
             self._write(entry.path, entry.format, self.path)
@@ -537,11 +604,11 @@ class Lvm(image.SelfContained, image.Image):
                                      'image_sha256': entry.sha256})
 
     def _snapshot_of(self, image_id: str, entry, wanted: int) -> None:
-        vg = self._group()
+        vg = self._extents()
         base = self._ensure_base(entry, vg)
         with self._creating('image', image_id, 'native') as facts:
-            processes.execute('lvcreate', '-y', '-s', '-kn', '-n', self.lv,
-                              f'{self.vg}/{base}', root=True)
+            self._run_lvcreate(('lvcreate', '-y', '-s', '-kn', '-n', self.lv,
+                                f'{self.vg}/{base}'), vg, 0)
             final = vg.round(entry.virtual_size)
             if vg.round(wanted) > final:
                 final = vg.round(wanted)
@@ -579,7 +646,7 @@ class Lvm(image.SelfContained, image.Image):
             raise exception.InvalidInput(
                 reason='an LVM disk made by a function needs a size')
         key = self._encryption_key(context)
-        vg = self._group(needed=size)
+        vg = self._extents()
         with self._creating('func', cache_name, 'native') as facts:
             final = self._lvcreate(size, vg, key)
             func(self.path)
@@ -612,15 +679,26 @@ class Lvm(image.SelfContained, image.Image):
     def _plan_lvs(self, what: str) -> plans.Step:
         return plans.Step(what, command=(*_LVS, self.vg))
 
-    def _plan_group(self, steps: list, needed: int | None) -> VolumeGroup:
-        """``_group``'s step, and its answer read now (read-only)."""
-        steps.append(plans.Step(f'read volume group {self.vg} (size, free '
-                                'space, extent size)',
-                                command=(*_VGS, self.vg)))
-        vg = volume_group(self.vg)
-        if needed is not None:
-            self._require_free(vg, needed)
-        return vg
+    def _plan_exists_check(self, steps: list) -> None:
+        """``_exists_before_creating``: asked only for a recorded disk."""
+        if self.record is not None:
+            steps.append(self._plan_lvs(f'check {self.location} does not '
+                                        'exist'))
+
+    def _plan_group(self, steps: list) -> VolumeGroup:
+        """``_extents``' step (until this Backend knows the extent size),
+        and the VG read now (read-only): the free space lvcreate would
+        find, for :meth:`_plan_lvcreate` to refuse where it would."""
+        # Listed for the first disk a Backend plans (a spawn's plan holds
+        # all its disks' before any is made), unless it knows the size.
+        planned = self._backend.shared((__name__, 'planned_extent_size'),
+                                       set)
+        if self.vg not in self._known_extents() and self.vg not in planned:
+            planned.add(self.vg)
+            steps.append(plans.Step(f'read volume group {self.vg}\'s extent '
+                                    'size (once per Backend)',
+                                    command=(*_VGS, self.vg)))
+        return volume_group(self.vg)
 
     def _plan_key(self, steps: list) -> None:
         """``_encryption_key``: refused, or the key fetched (a step)."""
@@ -632,8 +710,9 @@ class Lvm(image.SelfContained, image.Image):
 
     def _plan_lvcreate(self, steps: list, size: int | None,
                        vg: VolumeGroup) -> None:
-        """``_creating``'s check, then ``_lvcreate`` (and the mapping)."""
-        steps.append(self._plan_lvs(f'check {self.location} does not exist'))
+        """``_creating``'s check, then ``_lvcreate`` (and the mapping);
+        refused where lvcreate would find too little free space."""
+        self._plan_exists_check(steps)
         if size is None:
             steps.append(plans.Step(
                 f'create LV {self.location} of the image\'s virtual size '
@@ -642,6 +721,7 @@ class Lvm(image.SelfContained, image.Image):
             steps.append(plans.Step(
                 f'create LV {self.location} of {vg.round(size)} bytes',
                 command=self._lvcreate_command(size, vg)))
+            self._require_free(vg, size)
         if self.encryption is not None:
             enc = self.encryption
             steps.append(plans.Step(
@@ -659,7 +739,7 @@ class Lvm(image.SelfContained, image.Image):
             raise exception.InvalidInput(
                 reason='an LVM disk made by a function needs a size')
         self._plan_key(steps)
-        vg = self._plan_group(steps, size)
+        vg = self._plan_group(steps)
         self._plan_lvcreate(steps, size, vg)
 
     def _plan_image(self, steps: list, image_id: str,
@@ -675,7 +755,7 @@ class Lvm(image.SelfContained, image.Image):
         if self.thin_snapshots:
             self._plan_snapshot(steps, base, wanted)
             return
-        vg = self._plan_group(steps, wanted)
+        vg = self._plan_group(steps)
         self._plan_lvcreate(steps, wanted, vg)
         steps.append(self._plan_write(base, self.path))
         steps += self._plan_grow_fs(base, wanted)
@@ -693,7 +773,7 @@ class Lvm(image.SelfContained, image.Image):
                        wanted: int | None) -> None:
         """``_snapshot_of``: the thin base LV (made once), a snapshot of
         it, grown to the flavor's size."""
-        vg = self._plan_group(steps, None)
+        vg = self._plan_group(steps)
         name = base_lv_name(base.name)
         steps.append(self._plan_lvs(f'is thin base LV {self.vg}/{name} '
                                     'there?'))
@@ -711,7 +791,7 @@ class Lvm(image.SelfContained, image.Image):
                     '-V', f'{vg.round(vsize)}b', '-n', name)))
             steps.append(self._plan_write(
                 base, os.path.join(DEVICE_ROOT, self.vg, name)))
-        steps.append(self._plan_lvs(f'check {self.location} does not exist'))
+        self._plan_exists_check(steps)
         steps.append(plans.Step(
             f'thin snapshot {self.location} of {self.vg}/{name}',
             command=('lvcreate', '-y', '-s', '-kn', '-n', self.lv,
@@ -777,7 +857,7 @@ class Lvm(image.SelfContained, image.Image):
             # Ephemeral: the filesystem is made right on the volume.
             if not exists:
                 with revert.Reverter() as undo:
-                    self._lvcreate(size, self._group(needed=size), key)
+                    self._lvcreate(size, self._extents(), key)
                     self._undo_unless_recording(undo)
                     prepare_template(target=self.path, *args, **kwargs)
             return
@@ -802,7 +882,7 @@ class Lvm(image.SelfContained, image.Image):
             return
         with self.image_cache.lock(name), revert.Reverter() as undo:
             wanted = max(size or 0, base_size)
-            self._lvcreate(wanted, self._group(needed=wanted), key)
+            self._lvcreate(wanted, self._extents(), key)
             self._undo_unless_recording(undo)
             # Nova's convert_image_unsafe had no -f; the sidecar says it.
             self._write(base, base_format, self.path)
@@ -951,7 +1031,7 @@ class Lvm(image.SelfContained, image.Image):
         made = None
         with revert.Reverter() as undo:
             if not self.exists():
-                made = self._lvcreate(size, self._group(needed=size))
+                made = self._lvcreate(size, self._extents())
                 undo.add(self.remove_disk)
             self._write(transfer, 'raw', self.path)
         os.unlink(transfer)
@@ -968,7 +1048,7 @@ class Lvm(image.SelfContained, image.Image):
         self._refuse_encrypted('migrating an encrypted disk')
         self.driver_format = 'raw'
         size = like.virtual_size
-        vg = self._group(needed=size)
+        vg = self._extents()
         with self._creating(like.source_type, like.source_id, 'empty',
                             purpose='live-migration') as facts:
             final = self._lvcreate(size, vg)

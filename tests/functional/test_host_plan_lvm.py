@@ -140,8 +140,8 @@ def test_plan_lvm_refusals_change_nothing(site, vg, repo_root):
     assert code == 1 and plan['would_fail'] == ['disk']
     root = plan['disks'][0]
     assert root['error'].startswith('InsufficientSpace')
-    # The steps up to the refusal: the last is reading the VG.
-    assert root['steps'][-1]['command'][0] == 'vgs'
+    # The steps up to the refusal: the last is the lvcreate that refuses.
+    assert root['steps'][-1]['command'][0] == 'lvcreate'
     code, plan = cli(repo_root, site, '--image', 'big', '--root-gb', '1')
     assert code == 1
     assert plan['disks'][0]['error'].startswith('DiskTooSmall')

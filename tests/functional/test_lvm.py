@@ -277,10 +277,10 @@ def test_native_commands_per_disk(backend, lvm, lvm_host, make_image):
     root, cmds = made('disk', lambda d: d.create_from_image(
         None, 'img', 128 * MiB))
     assert cmds == [
+        # The extent size, once per Backend; no lvs: lvcreate refuses an
+        # LV that exists.
         ('vgs', '--noheadings', '--nosuffix', '--units', 'b', '--separator',
          '|', '-o', 'vg_name,vg_size,vg_free,vg_extent_size', vg),
-        ('lvs', '--noheadings', '--nosuffix', '--units', 'b', '--separator',
-         '|', '-o', 'lv_name,lv_size,segtype', vg),
         ('lvcreate', '-y', '-L', f'{128 * MiB}b', '-n', root.lv, vg),
         ('qemu-img', 'convert', '-q', '-f', 'raw', '-O', 'raw', '-t', 'none',
          '-n', entry.path, root.path)]
@@ -288,16 +288,16 @@ def test_native_commands_per_disk(backend, lvm, lvm_host, make_image):
     eph = templates.ephemeral(lvm_host, 64 * MiB, 'ephemeral0', 'linux')
     local, cmds = made('disk.local', lambda d: d.create_from_func(
         None, eph, eph.cache_name, 64 * MiB))
-    assert [c[0] for c in cmds] == ['vgs', 'lvs', 'lvcreate', 'mkfs']
-    assert cmds[2] == ('lvcreate', '-y', '-L', f'{64 * MiB}b', '-n',
+    assert [c[0] for c in cmds] == ['lvcreate', 'mkfs']
+    assert cmds[0] == ('lvcreate', '-y', '-L', f'{64 * MiB}b', '-n',
                        local.lv, vg)
-    assert cmds[3] == tuple(eph.command(local.path))
+    assert cmds[1] == tuple(eph.command(local.path))
 
     swap = templates.Swap(32 * MiB)
     sw, cmds = made('disk.swap', lambda d: d.create_from_func(
         None, swap, swap.cache_name, 32 * MiB))
-    assert [c[0] for c in cmds] == ['vgs', 'lvs', 'lvcreate', 'mkswap']
-    assert cmds[3] == ('mkswap', sw.path)
+    assert [c[0] for c in cmds] == ['lvcreate', 'mkswap']
+    assert cmds[1] == ('mkswap', sw.path)
 
 
 # -- size ---------------------------------------------------------------------
@@ -333,12 +333,36 @@ def test_resize_grows_and_refuses_to_shrink(backend, lvm, make_image):
 
 def test_insufficient_space_is_typed_and_touches_nothing(backend, lvm):
     disk = backend.by_name(Instance(), 'disk.local')
+    free = int(run('vgs', '--noheadings', '--nosuffix', '--units', 'b', '-o',
+                   'vg_free', lvm.vg_main))
     with processes.recording() as commands:
-        with pytest.raises(lvm_mod.InsufficientSpace):
+        with pytest.raises(lvm_mod.InsufficientSpace) as e:
             disk.create_from_func(None, templates.Swap(8 * GiB), 'swap_8G',
                                   8 * GiB)
-    assert [c[0] for c in commands] == ['vgs']
+    # lvcreate itself refuses (its figures, in bytes); the undo looks.
+    assert [c[0] for c in commands] == ['vgs', 'lvcreate', 'lvs']
+    assert (e.value.kwargs['needed'], e.value.kwargs['free']) == (
+        8 * GiB, free)
     assert lvm.lvs(lvm.vg_main) == {}
+    assert backend.records.list(disk.instance.uuid) == []
+
+
+def test_existing_lv_is_refused_by_lvcreate_and_kept(backend, lvm,
+                                                     make_image):
+    """An LV of the disk's name that no record knows (Nova's, say):
+    lvm2's own refusal, typed; the LV and its bytes are left alone."""
+    make_image('img', 'raw', 16 * MiB)
+    disk = backend.by_name(Instance(), 'disk')
+    run('lvcreate', '-y', '-L', f'{32 * MiB}b', '-n', disk.lv, lvm.vg_main)
+    run('qemu-io', '-f', 'raw', '-c', 'write -P 0x77 0 64k', disk.path)
+    with processes.recording() as commands:
+        with pytest.raises(exception.DiskExists):
+            disk.create_from_image(None, 'img', 32 * MiB)
+    assert [c[0] for c in commands if c[0].startswith(('lv', 'vg'))] == [
+        'vgs', 'lvcreate']
+    assert lv_sizes(lvm, lvm.vg_main) == {disk.lv: 32 * MiB}
+    assert 'Pattern verification failed' not in run(
+        'qemu-io', '-f', 'raw', '-c', 'read -P 0x77 0 64k', disk.path)
     assert backend.records.list(disk.instance.uuid) == []
 
 

@@ -55,6 +55,21 @@ class FakeLvm:
         assert arg.endswith('b'), arg
         return int(arg[:-1])
 
+    def _refuse(self, cmd, name, args) -> None:
+        """lvcreate's refusals, in lvm2's words."""
+        if name in self.volumes:
+            raise exception.ProcessError(
+                cmd=' '.join(cmd), exit_code=5, stderr=f'  Logical Volume '
+                f'"{name}" already exists in volume group "{VG}"\n')
+        if '-T' in args or '-s' in args:   # thin: overcommitted
+            return
+        needed = -(-self._bytes(args[args.index('-L') + 1]) // self.extent)
+        if needed * self.extent > self.free:
+            raise exception.ProcessError(
+                cmd=' '.join(cmd), exit_code=5, stderr=f'  Volume group '
+                f'"{VG}" has insufficient free space ({self.free // self.extent}'
+                f' extents): {needed} required.\n')
+
     def __call__(self, *cmd, **kwargs):
         cmd = tuple(str(c) for c in cmd)
         self.calls.append(cmd)
@@ -70,6 +85,7 @@ class FakeLvm:
                             for n, (s, t) in self.volumes.items()), '')
         if cmd[0] == 'lvcreate':
             name = args[args.index('-n') + 1]
+            self._refuse(cmd, name, args)
             if '-s' in args:  # thin snapshot: origin's size, thin
                 origin = args[-1].split('/')[1]
                 self.volumes[name] = (self.volumes[origin][0], 'thin')
@@ -228,7 +244,7 @@ def test_native_image_commands(fake, backend, cached, instance):
     disk = backend.by_name(instance, 'disk')
     disk.create_from_image(None, 'img', GiB)
     assert fake.calls == [
-        VGS, LVS,
+        VGS,  # the extent size, once per Backend
         ('lvcreate', '-y', '-L', f'{GiB}b', '-n', disk.lv, VG),
         ('qemu-img', 'convert', '-q', '-f', 'qcow2', '-O', 'raw', '-t',
          'none', '-n', cached.path, disk.path)]
@@ -236,6 +252,42 @@ def test_native_image_commands(fake, backend, cached, instance):
     assert (record.format, record.virtual_size, record.location) == (
         'raw', GiB, disk.location)
     assert record.provenance['copy'] == 'qemu-img convert'
+    # The next disk: no vgs, no lvs (lvcreate refuses what it must).
+    fake.calls.clear()
+    other = backend.by_name(hosts.Instance(), 'disk')
+    other.create_from_image(None, 'img', GiB)
+    assert names_of(fake.calls) == ['lvcreate', 'qemu-img']
+
+
+def test_existing_lv_is_refused_by_lvcreate_and_left_alone(fake, backend,
+                                                           cached, instance):
+    """An LV of the disk's name made without a record (Nova's, another
+    process's): lvcreate refuses it, typed; nothing removes it."""
+    disk = backend.by_name(instance, 'disk')
+    fake.volumes[disk.lv] = (GiB, 'linear')
+    with pytest.raises(exception.DiskExists):
+        disk.create_from_image(None, 'img', GiB)
+    assert names_of(fake.calls) == ['vgs', 'lvcreate']
+    assert fake.volumes == {disk.lv: (GiB, 'linear')}
+    assert backend.records.list(instance.uuid) == []
+
+
+def test_recorded_disk_is_asked_for_before_creating(fake, backend, cached,
+                                                    instance):
+    """A disk with a record (a creation that died, say) is looked for
+    first: what the record names is not lvcreate's to judge."""
+    disk = backend.by_name(instance, 'disk')
+    fake.volumes[disk.lv] = (GiB, 'linear')
+    backend.records.put(imagebackend.DiskRecord(
+        instance=instance.uuid, name='disk', backend='lvm', format='raw',
+        location=disk.location, source_type='image', source_id='img',
+        state='creating'))
+    disk = backend.by_name(instance, 'disk')
+    with pytest.raises(exception.DiskExists):
+        disk.create_from_image(None, 'img', GiB)
+    assert names_of(fake.calls) == ['vgs', 'lvs']
+    assert fake.volumes == {disk.lv: (GiB, 'linear')}
+    assert backend.records.get(instance.uuid, 'disk').state == 'creating'
 
 
 def test_every_command_is_asked_as_root(fake, conf, backend, cached,
@@ -274,8 +326,8 @@ def test_func_commands(fake, backend, instance):
     disk = backend.by_name(instance, 'disk.swap')
     disk.create_from_func(None, func, 'swap_64M', 64 * MiB)
     func.assert_called_once_with(disk.path)
-    assert fake.calls == [VGS, LVS, ('lvcreate', '-y', '-L', f'{64 * MiB}b',
-                                     '-n', disk.lv, VG)]
+    assert fake.calls == [VGS, ('lvcreate', '-y', '-L', f'{64 * MiB}b',
+                                '-n', disk.lv, VG)]
     record = backend.records.get(instance.uuid, 'disk.swap')
     assert (record.source_type, record.source_id) == ('func', 'swap_64M')
 
@@ -319,9 +371,15 @@ def test_free_space_refusal(fake, backend, cached, instance):
     with pytest.raises(lvm.InsufficientSpace) as e:
         disk.create_from_image(None, 'img', GiB)
     assert 'insufficient free space' in str(e.value).lower()
+    # lvcreate's own figures, in bytes.
+    assert (e.value.kwargs['needed'], e.value.kwargs['free']) == (
+        GiB, 512 * MiB)
     with pytest.raises(lvm.InsufficientSpace):
         disk.create_from_func(None, mock.Mock(), 'swap_1G', GiB)
-    assert names_of(fake.calls) == ['vgs', 'vgs']
+    # lvcreate refuses (no vgs per disk); the undo's look finds nothing.
+    assert names_of(fake.calls) == ['vgs', 'lvcreate', 'lvs', 'lvcreate',
+                                    'lvs']
+    assert fake.volumes == {}
     assert backend.records.list(instance.uuid) == []
     assert isinstance(e.value, exception.ImageBackendError)
 
@@ -382,8 +440,8 @@ def test_failed_creation_removes_the_volume(fake, backend, cached, instance):
     disk = backend.by_name(instance, 'disk')
     with pytest.raises(exception.ProcessError):
         disk.create_from_image(None, 'img')
-    assert names_of(fake.calls) == ['vgs', 'lvs', 'lvcreate', 'qemu-img',
-                                    'lvs', 'lvremove']
+    assert names_of(fake.calls) == ['vgs', 'lvcreate', 'qemu-img', 'lvs',
+                                    'lvremove']
     assert fake.volumes == {}
     assert backend.records.list(instance.uuid) == []
 
@@ -407,7 +465,6 @@ def test_thin_image_disks_are_snapshots_of_one_base(fake, thin, cached):
          base),
         ('qemu-img', 'convert', '-q', '-f', 'qcow2', '-O', 'raw', '-t',
          'none', '-n', cached.path, f'/dev/{VG}/{base}'),
-        LVS,  # does the disk exist?
         ('lvcreate', '-y', '-s', '-kn', '-n', first.lv, f'{VG}/{base}'),
         ('lvextend', '-L', f'{GiB}b', f'{VG}/{first.lv}')]
     record = thin.records.get(first.instance.uuid, 'disk')
@@ -420,7 +477,7 @@ def test_thin_image_disks_are_snapshots_of_one_base(fake, thin, cached):
     fake.calls.clear()
     second = thin.by_name(hosts.Instance(), 'disk')
     second.create_from_image(None, 'img')
-    assert fake.calls == [VGS, LVS, LVS,
+    assert fake.calls == [LVS,  # is the base there?
                           ('lvcreate', '-y', '-s', '-kn', '-n', second.lv,
                            f'{VG}/{base}')]
     assert second.virtual_size() == 64 * MiB
@@ -442,8 +499,8 @@ def test_thin_generated_disks_and_overcommit(fake, thin):
     func = mock.Mock()
     disk = thin.by_name(hosts.Instance(), 'disk.local')
     disk.create_from_func(None, func, 'ephemeral_x', 20 * GiB)
-    assert fake.calls == [VGS, LVS, ('lvcreate', '-y', '-T', f'{VG}/pool0',
-                                     '-V', f'{20 * GiB}b', '-n', disk.lv)]
+    assert fake.calls == [VGS, ('lvcreate', '-y', '-T', f'{VG}/pool0',
+                                '-V', f'{20 * GiB}b', '-n', disk.lv)]
     func.assert_called_once_with(disk.path)
     fake.calls.clear()
     disk.resize_image(30 * GiB)
