@@ -50,8 +50,10 @@ could reuse stale. Nova, on rbd hosts, also imports its config drive
 it.
 
 Per disk, once the base is in the pool: 0 commands. librbd/librados calls,
-in-process: one connection (plus one for the record keeping's existence
-check), open of the disk's name (must not exist), open of the base
+in-process, on the Backend's one cluster connection (made by its first
+disk, reused by every later one and by every thread:
+:mod:`.ceph_connection`): open of the disk's name (must not exist; again
+for the record keeping's existence check), open of the base
 (read-only, at ``snap``) with its metadata, ``clone``, ``resize`` when
 bigger, ``get_fsid``. The first disk of an image adds the fetch into the
 local cache (0 commands for a raw image, one ``qemu-img convert`` for
@@ -124,7 +126,8 @@ import tempfile
 import time
 import urllib.parse
 import uuid as uuid_mod
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import (Any, Callable, ClassVar, ContextManager, Iterator,
+                    Mapping)
 
 from imagebackend import exception
 from imagebackend import fileutils
@@ -319,12 +322,17 @@ class Rbd(image.SelfContained, image.Image):
 
     # -- the cluster ----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[_Connection]:
+    def _cluster(self) -> ceph_connection.Cluster:
+        """This Backend's connection to the disk's cluster (one per ceph
+        config and user, shared by its disks and threads)."""
+        key = (__name__, self.ceph_conf, self.rbd_user, self.connect_timeout)
+        return self._backend.shared(key, lambda: ceph_connection.Cluster(
+            self.ceph_conf, self.rbd_user, self.connect_timeout))
+
+    def _connect(self) -> ContextManager[_Connection]:
+        """The cluster connection, for a ``with`` block."""
         _require_bindings()
-        with ceph_connection.connect(self.ceph_conf, self.rbd_user,
-                                     self.connect_timeout) as conn:
-            yield conn
+        return self._cluster().session()
 
     @contextlib.contextmanager
     def _open(self, conn: _Connection, read_only: bool = False):
@@ -719,6 +727,9 @@ class Rbd(image.SelfContained, image.Image):
                     with librbd.Image(ioctx, self.rbd_name) as img:
                         img.resize(size)
                     final = size
+            except librbd.ImageExists:
+                # Made meanwhile by someone else: theirs, left alone.
+                raise exception.DiskExists(location=self.location)
             except (rados.Error, librbd.Error) as e:
                 raise RbdError(operation='clone', target=parent.spec,
                                reason=str(e))
