@@ -186,6 +186,8 @@ class LvmFloor(RootFloor):
     root_text = ('bare `lvcreate -y -L <bytes>b -n <lv> <vg>` + `qemu-img '
                  'convert -f raw -O raw -n <base> <LV device>`')
     bytes_text = 'LV size (lvs), both sides'
+    root_target = Target('<=', 1.1, why='issue 12: no vgs / lvs round trip '
+                         'per disk (lvcreate reports what they checked)')
 
     def unavailable(self):
         if os.geteuid() != 0 or not os.path.exists('/dev/loop-control'):
@@ -241,6 +243,8 @@ class RbdFloor(RootFloor):
                  'base already in the pool)')
     bytes_text = 'Rbd.allocated_bytes() (whole RADOS objects the image ' \
                  'itself holds; the parent not counted), both sides'
+    root_target = Target('<=', 1.1, why='issue 12: one cluster connection '
+                         'per Backend, reused (not one per disk)')
 
     def unavailable(self):
         try:

@@ -249,7 +249,7 @@ def _root_backend(ctx, result, host, backend, entry, floor, shape) -> None:
                     f'cached, grown to {shape.root // env.MiB} MiB)',
         unit='s', samples=nat.seconds,
         baseline_description=floor.root_text,
-        baseline_samples=fl.extra('root'),
+        baseline_samples=fl.extra('root'), target=floor.root_target,
         context={'root_copy_method': copies, **prepared}))
     result.add(Figure(
         name=f'{t}.subprocesses.native_vs_floor',
