@@ -30,8 +30,9 @@ record may stand for an LV that is not this creation's to replace.
 Sizes are rounded up to whole extents (LVM does it anyway) and the record
 holds the LV's real size, which is what the guest sees: the extent size is
 read once per :class:`~imagebackend.backend.Backend` and volume group
-(``vgs``; it does not change under an LV's feet -- ``vgchange -s`` refuses
-a size existing LVs are not multiples of).
+(``vgs``). An extent size changed since (``vgchange -s``) shows when
+lvcreate says it rounded up a size of whole (old) extents: it is read
+again, and the record gets the LV's real size.
 
 Thin pools (``[imagebackend] thin_pool``): an image is written once into a
 thin LV ``_base_<cache name>`` of the pool, and each disk made from it is a
@@ -502,13 +503,14 @@ class Lvm(image.SelfContained, image.Image):
         return self.record is not None and self.exists()
 
     def _run_lvcreate(self, command: tuple[str, ...], vg: VolumeGroup,
-                      size: int) -> None:
+                      size: int) -> str:
         """Run an ``lvcreate`` of this disk; its refusals typed: an LV
         that exists (DiskExists), a VG without the space
         (InsufficientSpace, with lvcreate's figures). Either way nothing
-        was made."""
+        was made. Returns what lvcreate said (stdout and stderr)."""
         try:
-            processes.execute(*command, root=True)
+            out, err = processes.execute(*command, root=True)
+            return f'{out or ""}\n{err or ""}'
         except exception.ProcessError as e:
             stderr = e.stderr or ''
             if _LV_EXISTS.search(stderr):
@@ -559,7 +561,11 @@ class Lvm(image.SelfContained, image.Image):
                 key_uuid=getattr(self.encryption, 'key_uuid', None),
                 disk=self.location, reason='no key was fetched for it'
                 if key is None else 'the disk is not to be encrypted')
-        self._run_lvcreate(self._lvcreate_command(size, vg), vg, size)
+        said = self._run_lvcreate(self._lvcreate_command(size, vg), vg, size)
+        if 'rounding up size' in said.lower():
+            # Whole extents were asked for: the VG's extent size changed.
+            self._known_extents().pop(self.vg, None)
+            vg = self._extents()
         size = vg.round(size)
         if key is not None:
             with revert.Reverter() as undo:

@@ -97,9 +97,13 @@ class FakeLvm:
                     self._bytes(args[args.index('--virtualsize') + 1]),
                     'snapshot')
             else:
-                size = self._bytes(args[args.index('-L') + 1])
+                asked = self._bytes(args[args.index('-L') + 1])
+                size = -(-asked // self.extent) * self.extent
                 self.volumes[name] = (size, 'linear')
                 self.free -= size
+                if size != asked:
+                    return ('', '  Rounding up size to full physical extent '
+                            f'{size / MiB:.2f} MiB\n')
         elif cmd[0] == 'lvextend':
             name = args[-1].split('/')[1]
             size, kind = self.volumes[name]
@@ -319,6 +323,20 @@ def test_sizes_round_up_to_whole_extents(fake, backend, cached, instance):
         204 * MiB
     with pytest.raises(exception.CannotShrink):
         disk.resize_image(100 * MiB)
+
+
+def test_a_changed_extent_size_is_noticed(fake, backend, cached, instance):
+    """The extent size is read once per Backend; lvcreate rounding up a
+    size of whole extents says it changed (vgchange -s): read again."""
+    backend.by_name(instance, 'disk').create_from_image(None, 'img', GiB)
+    fake.extent = 32 * MiB
+    fake.calls.clear()
+    disk = backend.by_name(hosts.Instance(), 'disk')
+    disk.create_from_image(None, 'img', 100 * MiB)
+    assert names_of(fake.calls) == ['lvcreate', 'vgs', 'qemu-img']
+    assert backend.records.get(disk.instance.uuid, 'disk').virtual_size == \
+        128 * MiB
+    assert fake.volumes[disk.lv] == (128 * MiB, 'linear')
 
 
 def test_func_commands(fake, backend, instance):
