@@ -237,11 +237,15 @@ def _root_backend(ctx, result, host, backend, entry, floor, shape) -> None:
         floor.drop(maker, current['floor'])
         fileutils.remove_path(current['floor'])
 
-    runs = interleaved([
+    sides = [
         Side('floor', lambda i: floor.root(maker, entry, current['floor']),
              floor_dir, drop_floor),
         Side('native', native, new_instance, drop_native),
-    ], ctx.reps, ctx.warmup)
+    ]
+    if floor.durable_text:
+        sides.append(Side('durable', lambda i: floor.durable_root(
+            maker, entry, current['floor']), floor_dir, drop_floor))
+    runs = interleaved(sides, ctx.reps, ctx.warmup)
     fl, nat = runs['floor'], runs['native']
     result.add(Figure(
         name=f'{t}.root.native_vs_floor',
@@ -251,6 +255,14 @@ def _root_backend(ctx, result, host, backend, entry, floor, shape) -> None:
         baseline_description=floor.root_text,
         baseline_samples=fl.extra('root'), target=floor.root_target,
         context={'root_copy_method': copies, **prepared}))
+    if floor.durable_text:
+        result.add(Figure(
+            name=f'{t}.root.native_vs_durable_floor',
+            description='native root disk, as above (context: the floor '
+                        'above leaves its data in the page cache)',
+            unit='s', samples=nat.seconds,
+            baseline_description=floor.durable_text,
+            baseline_samples=runs['durable'].extra('root')))
     result.add(Figure(
         name=f'{t}.subprocesses.native_vs_floor',
         description='commands run per root disk, native path',
