@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -318,9 +319,53 @@ def running_cluster(d: str) -> Iterator[Cluster]:
         cluster.stop()
 
 
+# Set by a test that runs pytest again in a child (as another user,
+# tests/functional/test_unprivileged.py): a JSON file describing the
+# parent's cluster (see lend()), used instead of starting a second one.
+LENT = 'IMAGEBACKEND_TEST_CEPH'
+
+
+def lend(cluster: Cluster, d: str, uid: int, gid: int) -> str:
+    """Let user ``uid`` use ``cluster`` from a child test run: a client
+    ceph.conf and a copy of the admin keyring in ``d`` (owned by that
+    user), and the JSON file the child's :func:`ceph_cluster` reads
+    (through the environment variable :data:`LENT`). Returns its path."""
+    keyring = os.path.join(d, 'ceph.client.admin.keyring')
+    with open(os.path.join(cluster.directory,
+                           'ceph.client.admin.keyring'), 'rb') as f:
+        key = f.read()
+    conf = os.path.join(d, 'ceph.conf')
+    mon = (f'[v2:127.0.0.1:{cluster.mon_ports[0]},'
+           f'v1:127.0.0.1:{cluster.mon_ports[1]}]')
+    files = {
+        keyring: key,
+        conf: (f'[global]\nfsid = {cluster.fsid}\nmon host = {mon}\n'
+               'auth client required = cephx\n'
+               f'log file = {d}/$name.log\nrun dir = {d}\n'
+               f'admin socket = {d}/$name.asok\n'
+               f'[client]\nkeyring = {keyring}\n').encode(),
+    }
+    lent = os.path.join(d, 'cluster.json')
+    files[lent] = json.dumps(dict(cluster._asdict(), conf=conf,
+                                  directory=d)).encode()
+    for path, data in files.items():
+        with open(path, 'wb') as f:
+            f.write(data)
+        os.chmod(path, 0o600)
+        os.chown(path, uid, gid)
+    return lent
+
+
 @pytest.fixture(scope='session')
 def ceph_cluster(tmp_path_factory) -> Iterator[Cluster]:
-    """(conf, pool, fsid, ...) of a real Ceph started once per session."""
+    """(conf, pool, fsid, ...) of a real Ceph started once per session,
+    or the one a parent test run lent (:func:`lend`)."""
+    if os.environ.get(LENT):
+        with open(os.environ[LENT]) as f:
+            fields = json.load(f)
+        fields['mon_ports'] = tuple(fields['mon_ports'])
+        yield Cluster(**fields)
+        return
     d = tmp_path_factory.mktemp('ceph')
     with running_cluster(str(d)) as cluster:
         sys.stderr.write(f'\n[ceph_env] cluster {cluster.fsid} up in '

@@ -14,8 +14,9 @@ real:
 * a pytest run as that user (``runuser``) with
   tests/functional/unprivileged_plugin.py over the functional suite's
   Flat and Qcow2 tests (tests/functional/test_create.py), its Rbd backend
-  tests (tests/functional/test_rbd.py, on a Ceph cluster that run starts
-  as that user) and an Lvm creation (tests/functional/unprivileged_lvm.py). The
+  tests (tests/functional/test_rbd.py, on this session's Ceph cluster,
+  lent to that user: ``ceph_env.lend``) and an Lvm creation
+  (tests/functional/unprivileged_lvm.py). The
   plugin starts the library's daemon through ``sudo -n privsep-helper``
   and reports every call that reached it.
 
@@ -41,6 +42,7 @@ import tempfile
 
 import pytest
 
+from tests.functional import ceph_env
 from tests.functional import lvm_env as lvm_env_mod
 from tests.hosts import GiB, MiB
 
@@ -52,13 +54,16 @@ HELPER = os.path.realpath(os.path.join(os.path.dirname(sys.executable),
                                        'privsep-helper'))
 # The functional suite's Flat, Qcow2 and Rbd backend tests, and the Lvm
 # creation. test_rbd.py's whole-flow tests (spawn, migrations, rescue, a
-# domain, the CLI, killed imports, mixed backends) make the same backend
+# domain, the CLI, killed imports, mixed backends) and its variations on
+# one call (the generated equivalence cases, the unusable locations and
+# fallbacks: an import and a clone again each) make the same backend
 # calls many times over and would take minutes: left to the root run.
 SELECTION = ['tests/functional/test_create.py', 'tests/functional/test_rbd.py',
              'tests/functional/unprivileged_lvm.py']
 KEYWORDS = ('(flat or qcow2 or test_rbd.py or unprivileged_lvm.py) and not '
             '(migration or spawn or domain or rescue or mixed or cli or '
-            'killed or hook)')
+            'killed or hook or equivalence or unusable_location or '
+            'fallback)')
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -143,7 +148,8 @@ def lvm_root():
         assert left == []
 
 
-def test_unprivileged_run_with_a_real_privsep_daemon(lvm_root):
+def test_unprivileged_run_with_a_real_privsep_daemon(lvm_root,
+                                                     ceph_cluster):
     if os.geteuid() != 0:
         pytest.fail('this test makes a user and a sudoers rule: run as root')
     if shutil.which('sudo') is None or not os.path.exists(HELPER):
@@ -165,6 +171,8 @@ def test_unprivileged_run_with_a_real_privsep_daemon(lvm_root):
         'IMAGEBACKEND_UNPRIV_REPORT': files['report'],
         'IMAGEBACKEND_UNPRIV_LVM_RESULT': files['lvm'],
         'IMAGEBACKEND_UNPRIV_VG': lvm_root.vg,
+        ceph_env.LENT: ceph_env.lend(ceph_cluster, workdir, user.pw_uid,
+                                     user.pw_gid),
     }
     cmd = ['runuser', '-u', USER, '--', 'env', '-i',
            *(f'{k}={v}' for k, v in env.items()),
