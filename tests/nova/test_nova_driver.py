@@ -107,14 +107,19 @@ def run_scenarios(out, own: bool, backends, args=(), env=None
                             text=True)
 
 
-def run_both(tmp, backends, args=None, env=None) -> dict:
-    """{'face': results, 'own': results}: the two runs, side by side."""
+def start_both(tmp, backends, args=None, env=None) -> dict:
+    """The two runs (Nova's module, the face) started side by side."""
     assert os.path.exists(NOVA_PYTHON), (
         'no .venv-nova: run tools/bootstrap.sh (tools/test.sh does)')
     args = args or {}
-    procs = {mode: run_scenarios(tmp / f'{mode}.json', mode == 'own',
-                                 backends, args.get(mode, ()), env)
-             for mode in ('face', 'own')}
+    return {mode: run_scenarios(tmp / f'{mode}.json', mode == 'own',
+                                backends, args.get(mode, ()), env)
+            for mode in ('face', 'own')}
+
+
+def finish_both(tmp, backends, procs) -> dict:
+    """{'face': results, 'own': results} of runs :func:`start_both`
+    started."""
     results = {}
     for mode, proc in procs.items():
         _, stderr = proc.communicate(timeout=600)
@@ -127,15 +132,16 @@ def run_both(tmp, backends, args=None, env=None) -> dict:
 
 
 @pytest.fixture(scope='module')
-def file_runs(tmp_path_factory):
-    return run_both(tmp_path_factory.mktemp('novadriver'), FILE_BACKENDS)
-
-
-@pytest.fixture(scope='module')
-def heavy_runs(tmp_path_factory, ceph_cluster):
-    """lvm on the project's loop LVM, rbd on its real Ceph. The two runs
-    share the volume group and the pool: their instances differ."""
+def all_runs(tmp_path_factory, ceph_cluster):
+    """{'file': runs, 'heavy': runs}: the file backends' two runs and,
+    at the same time (most of each is waiting on Nova's imports, fsync and
+    Ceph), lvm on the project's loop LVM and rbd on its real Ceph. The
+    heavy runs share the volume group and the pool: their instances
+    differ."""
+    file_tmp = tmp_path_factory.mktemp('novadriver')
+    heavy_tmp = tmp_path_factory.mktemp('novadriver-heavy')
     lvm = lvm_env.LvmEnv(str(tmp_path_factory.mktemp('lvm'))).start()
+    procs = []
     try:
         vg = lvm.add_vg(size=8 * lvm_env.GiB, prefix='ibnova')
         env = dict(os.environ, **lvm.environ(), CEPH_CONF=ceph_cluster.conf)
@@ -143,12 +149,30 @@ def heavy_runs(tmp_path_factory, ceph_cluster):
                   '--rbd-pool', ceph_cluster.pool)
         args = {mode: common + ('--instance-uuid', uuid)
                 for mode, uuid in (('face', FACE_UUID), ('own', OWN_UUID))}
-        yield run_both(tmp_path_factory.mktemp('novadriver-heavy'),
-                       HEAVY_BACKENDS, args, env)
+        file_procs = start_both(file_tmp, FILE_BACKENDS)
+        procs += file_procs.values()
+        heavy_procs = start_both(heavy_tmp, HEAVY_BACKENDS, args, env)
+        procs += heavy_procs.values()
+        yield {'file': finish_both(file_tmp, FILE_BACKENDS, file_procs),
+               'heavy': finish_both(heavy_tmp, HEAVY_BACKENDS, heavy_procs)}
     finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
         purge(ceph_cluster)
         left = lvm.close()
         assert not left, left
+
+
+@pytest.fixture(scope='module')
+def file_runs(all_runs):
+    return all_runs['file']
+
+
+@pytest.fixture(scope='module')
+def heavy_runs(all_runs):
+    return all_runs['heavy']
 
 
 @pytest.fixture
