@@ -22,6 +22,7 @@ from imagebackend import cache as cache_mod
 from imagebackend import exception
 from imagebackend import formats
 from imagebackend import names
+from imagebackend import qemu
 
 
 # Stands for a temporary directory a step would make (its name is random).
@@ -123,8 +124,7 @@ def plan_image(cache: cache_mod.ImageCache, image_id: str,
             converted = path + '.converted' + names.PART_SUFFIX
             steps.append(Step(
                 'convert it to raw (force_raw_images)',
-                command=('qemu-img', 'convert', '-q', '-f', fmt, '-O', 'raw',
-                         part, converted),
+                command=qemu.convert_command(part, fmt, converted, 'raw'),
                 write_bytes=vsize or 0))
             fmt = 'raw'
         steps.append(Step(f'publish {path} with its sidecar'))

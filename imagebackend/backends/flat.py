@@ -123,8 +123,8 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
                 f'if the image is smaller than {size} bytes')
         if base.format != 'raw':
             return [plans.Step(f'grow {self.path} to {size} bytes',
-                               command=('qemu-img', 'resize', '-q', '-f',
-                                        base.format, self.path, str(size)),
+                               command=qemu.resize_command(
+                                   self.path, base.format, size),
                                when=when)]
         steps = [plans.Step(f'grow {self.path} to {size} bytes (truncate)',
                             when=when)]

@@ -771,8 +771,8 @@ class Lvm(image.SelfContained, image.Image):
         included: a device is not known to read as zeroes)."""
         return plans.Step(
             f'write the image\'s guest bytes from {base.path} into {dst}',
-            command=('qemu-img', 'convert', '-q', '-f', base.format, '-O',
-                     'raw', '-t', 'none', '-n', base.path, dst),
+            command=qemu.convert_command(base.path, base.format, dst, 'raw',
+                                         cache='none', existing_target=True),
             write_bytes=base.virtual_size or 0)
 
     def _plan_snapshot(self, steps: list, base: plans.Base,
@@ -1015,9 +1015,8 @@ class Lvm(image.SelfContained, image.Image):
         fileutils.remove_path(tmp)
         try:
             # Source read with O_DIRECT (-T none); zero blocks become holes.
-            processes.execute('qemu-img', 'convert', '-q', '-T', 'none',
-                              '-f', 'raw', '-O', 'raw', self.path, tmp,
-                              root=True)
+            qemu.convert(self.path, 'raw', tmp, 'raw', src_cache='none',
+                         root=True)
             relpath = os.path.relpath(self._transfer_path(),
                                       self.conf.instances_path)
             transport.put(host, tmp, relpath, progress=progress)

@@ -506,9 +506,8 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
             # Straight into an image of the final size: qemu-img cannot
             # resize parallels, and this is one copy instead of two.
             self._create_parallels(data, round_size(size), src_header)
-            processes.execute('qemu-img', 'convert', '-q', '-n',
-                              '--target-is-zero', '-f', src_format,
-                              '-O', 'parallels', src, data)
+            qemu.convert(src, src_format, data, 'parallels',
+                         target_is_zero=True)
             how = 'convert'
         elif src_header is not None:
             how = fileutils.clone_or_sparse_copy(src, data)
@@ -548,8 +547,8 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
             else:  # force_raw_images, but the entry predates it
                 steps.append(plans.Step(
                     f'convert {src} to raw at {data}',
-                    command=('qemu-img', 'convert', '-q', '-f', base.format,
-                             '-O', 'raw', src, data),
+                    command=qemu.convert_command(src, base.format, data,
+                                                 'raw'),
                     write_bytes=vsize or 0))
             return steps + self._plan_presize(vsize, size) + [
                 self._plan_restore_descriptor()]
@@ -578,8 +577,8 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
             else:
                 steps.append(plans.Step(
                     f'convert {src} to ploop\'s expanded format at {data}',
-                    command=('qemu-img', 'convert', '-q', '-f', base.format,
-                             '-O', 'parallels', src, data),
+                    command=qemu.convert_command(src, base.format, data,
+                                                 'parallels'),
                     write_bytes=vsize or 0, when=other))
         return steps + [plans.Step(
             f'fill the holes of {data} and set its header\'s "empty" flag '
@@ -624,14 +623,13 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
         return [
             plans.Step(f'an empty expanded image of {size} bytes at '
                        f'{self.data_path}',
-                       command=('qemu-img', 'create', '-q', '-f',
-                                'parallels', '-o', f'cluster_size={cluster}',
-                                self.data_path, str(size)), when=when),
+                       command=qemu.create_command(
+                           self.data_path, 'parallels', size,
+                           options={'cluster_size': cluster}), when=when),
             plans.Step(f'copy {base.path} into it',
-                       command=('qemu-img', 'convert', '-q', '-n',
-                                '--target-is-zero', '-f', base.format,
-                                '-O', 'parallels', base.path,
-                                self.data_path),
+                       command=qemu.convert_command(
+                           base.path, base.format, self.data_path,
+                           'parallels', target_is_zero=True),
                        write_bytes=base.virtual_size or size, when=when)]
 
     # -- steps -----------------------------------------------------------------
@@ -669,9 +667,8 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
                           like: formats.ParallelsHeader | None = None
                           ) -> None:
         cluster = like.cluster_size if like else CLUSTER
-        processes.execute('qemu-img', 'create', '-q', '-f', 'parallels',
-                          '-o', f'cluster_size={cluster}', path,
-                          str(int(size)))
+        qemu.create(path, 'parallels', size,
+                    options={'cluster_size': str(cluster)})
 
     # -- existing disks ----------------------------------------------------------
 
@@ -716,9 +713,8 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
         fileutils.remove_path(bigger)
         try:
             self._create_parallels(bigger, size, old)
-            processes.execute('qemu-img', 'convert', '-q', '-n',
-                              '--target-is-zero', '-f', 'parallels',
-                              '-O', 'parallels', self.data_path, bigger)
+            qemu.convert(self.data_path, 'parallels', bigger, 'parallels',
+                         target_is_zero=True)
             header = finish_expanded(bigger)
             os.replace(bigger, self.data_path)
         finally:

@@ -122,10 +122,9 @@ class Qcow2(localfile.LocalFileImage):
                                 base.format):
             steps.append(plans.Step(what + ', written in-process'))
         else:
-            command = ('qemu-img', 'create', '-q', '-f', 'qcow2', '-F',
-                       base.format, '-b', base.path, self.path)
-            steps.append(plans.Step(
-                what, command=command + ((str(size),) if size else ())))
+            steps.append(plans.Step(what, command=qemu.create_command(
+                self.path, 'qcow2', size or None, backing=base.path,
+                backing_fmt=base.format)))
         return steps + (plans.preallocate(self.path, size)
                         if self.preallocate else [])
 
