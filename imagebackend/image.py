@@ -101,9 +101,9 @@ class Image(abc.ABC):
     fixed_format: ClassVar[str | None] = None
     # How this disk is encrypted (backends that can encrypt set it).
     encryption: encryption_mod.Encryption | None = None
-    # While cache() creates the disk: what create_image says it made
-    # (:meth:`_note_made`), else None.
-    _made: dict[str, int] | None = None
+    # While cache() creates the disk: the virtual size create_image says it
+    # made (:meth:`_note_made`), 0 until it says; None when not creating.
+    _made: int | None = None
 
     def __init__(self, instance=None, disk_name: str | None = None,
                  path: str | None = None, disk_info_mapping=None, *,
@@ -276,7 +276,7 @@ class Image(abc.ABC):
                 source = ('func', filename)
             with self._creating(source[0], source[1],
                                 self._current_creation_path()) as facts:
-                self._made = {}
+                self._made = 0
                 try:
                     self.create_image(fetch_func_sync, base, size,
                                       safe=safe, *args, **kwargs)
@@ -303,12 +303,12 @@ class Image(abc.ABC):
         sidecar says), so that cache() records it without a qemu-img
         probe. Only while cache() is creating the disk."""
         if self._made is not None:
-            self._made['virtual_size'] = virtual_size
+            self._made = virtual_size
 
     def _made_size(self) -> int:
         """The size create_image said it made (:meth:`_note_made`), else 0
         (not known)."""
-        return (self._made or {}).get('virtual_size', 0)
+        return self._made or 0
 
     def _legacy_facts(self, base: str) -> dict[str, Any]:
         """What cache() made: as create_image said (:meth:`_note_made`),
