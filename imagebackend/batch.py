@@ -132,13 +132,15 @@ class CreationBatch:
         leftover = list(self._declared)
         records_mod.delete_many(self.store, self.uuid, leftover)
         self._declared.clear()
-        _sync_disk_info(pending)
+        sync_disk_info(pending)
 
 
-def _sync_disk_info(images) -> None:
+def sync_disk_info(images, replaces: Iterable[str] = ()) -> None:
     """Nova's disk.info of each image listed as its record says: one
     locked read-modify-write per disk.info file, none where it is in step
-    (see :meth:`imagebackend.image.Image._sync_disk_info`, per disk)."""
+    (see :meth:`imagebackend.image.Image._sync_disk_info`). ``replaces``:
+    paths whose entries go (where a moved disk was)."""
+    replaces = list(replaces)
     files: dict[str, dict[str, str]] = {}
     lock_path = None
     for image in images:
@@ -150,7 +152,7 @@ def _sync_disk_info(images) -> None:
         lock_path = image.lock_path
     for info_path, entries in files.items():
         listed = disk_info.read(info_path)
-        changed = False
+        changed = bool(replaces)
         for path, fmt in entries.items():
             if listed.get(path) == fmt:
                 continue
@@ -160,7 +162,7 @@ def _sync_disk_info(images) -> None:
                             'the record wins, disk.info is corrected', path,
                             listed[path], fmt)
         if changed:
-            disk_info.update(info_path, lock_path, entries)
+            disk_info.update(info_path, lock_path, entries, drop=replaces)
 
 
 @contextlib.contextmanager

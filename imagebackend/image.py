@@ -599,17 +599,8 @@ class Image(abc.ABC):
                     # for the operator, as it is (it lists no new disk).
                     LOG.warning('%s', e)
             return
-        if not record.created:
-            return
-        listed = disk_info.format_of(self.path)
-        if listed == record.format and not moved_from:
-            return  # in step already: no lock, no write
-        if listed is not None and listed != record.format:
-            LOG.warning('disk.info says %s is %s, its record says %s: the '
-                        'record wins, disk.info is corrected', self.path,
-                        listed, record.format)
-        disk_info.set_format(self.path, record.format, self.lock_path,
-                             replaces=[moved_from] if moved_from else [])
+        batch_mod.sync_disk_info([self],
+                                 replaces=[moved_from] if moved_from else [])
 
     def disk_info_entry(self) -> tuple[str, str] | None:
         """``(path, format)``: what Nova's disk.info is to list for this

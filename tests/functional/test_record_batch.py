@@ -131,12 +131,12 @@ def _child(host, instance, step: str, conn) -> None:
                 real_durable(self)
             image_mod.Image._make_durable = durable
         else:  # 'created written'
-            real_sync = batch_mod._sync_disk_info
+            real_sync = batch_mod.sync_disk_info
 
-            def sync(images):
+            def sync(images, **kwargs):
                 _hold(conn, step)
-                real_sync(images)
-            batch_mod._sync_disk_info = sync
+                real_sync(images, **kwargs)
+            batch_mod.sync_disk_info = sync
         spawn(host, instance)
         conn.send('finished')
     except BaseException:
