@@ -15,8 +15,6 @@ BACKENDS = {
     'rbd': 'imagebackend.backends.rbd:Rbd',
     'ploop': 'imagebackend.backends.ploop:Ploop',
 }
-# Nova's other types: known names whose backends are not in this release.
-PENDING: tuple[str, ...] = ()
 # Every name ``[libvirt] images_type`` accepts, exactly Nova's choices:
 # 'default' means qcow2 or flat by ``use_cow_images``.
-KNOWN_TYPES = tuple(BACKENDS) + PENDING + ('default',)
+KNOWN_TYPES = tuple(BACKENDS) + ('default',)

@@ -108,7 +108,6 @@ def test_unknown_backend(backend, image_type):
 def test_unconfigured_lvm_is_unavailable(backend, host, instance):
     # Every type is implemented; a host without a volume group cannot
     # make LVs, and says so with a typed error before touching anything.
-    assert backend_mod.PENDING == ()
     with pytest.raises(exception.BackendUnavailable) as e:
         backend.by_name(instance, 'disk', 'lvm')
     assert 'images_volume_group' in str(e.value)
@@ -563,9 +562,9 @@ def test_nova_default_hooks(backend, host, instance, image_type):
 
 
 def test_backend_module_tables():
-    # Every known type is either implemented, pending or 'default'.
+    # Every known type is either implemented or 'default'.
     assert set(backend_mod.KNOWN_TYPES) == (
-        set(backend_mod.BACKENDS) | set(backend_mod.PENDING) | {'default'})
+        set(backend_mod.BACKENDS) | {'default'})
     for image_type in backend_mod.BACKENDS:
         assert issubclass(backend_mod.backend_class(image_type),
                           imagebackend.Image)

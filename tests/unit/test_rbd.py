@@ -37,7 +37,6 @@ def fake_mons(monkeypatch):
 
 def test_factory_knows_rbd(rbd_host, instance):
     assert backend_mod.backend_class('rbd') is rbd_mod.Rbd
-    assert 'rbd' not in backend_mod.PENDING
     disk = imagebackend.Backend(conf=rbd_host).by_name(instance, 'disk')
     assert type(disk) is rbd_mod.Rbd and disk.image_type == 'rbd'
 
