@@ -74,8 +74,6 @@ class Capabilities:
     backing_in_cache: bool = False
     # Disks are block devices (libvirt type='block').
     block_device: bool = False
-    # Copy-on-write clones of images already in the backend's store.
-    clone: bool = False
     # create_from_* are implemented natively, not through the shim.
     native_create: bool = False
     # Nova lists these disks in the disk.info beside them (path -> format):

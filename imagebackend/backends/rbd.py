@@ -241,7 +241,7 @@ class Rbd(image.SelfContained, image.Image):
     capabilities = image.Capabilities(shared_storage=True,
                                       file_in_instance_path=False,
                                       backing_in_cache=False,
-                                      clone=True, native_create=True)
+                                      native_create=True)
     SUPPORTS_CLONE = True
     # How copy_to_store waits for the image source (read, store, cloneable,
     # interval, timeout): replaceable, e.g. by a caller whose own loop

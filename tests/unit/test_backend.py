@@ -412,7 +412,7 @@ def test_file_backend_capabilities(backend, instance, image_type):
     caps = cls.capabilities
     assert isinstance(caps, imagebackend.Capabilities)
     assert caps.file_in_instance_path and not caps.shared_storage
-    assert not caps.block_device and not caps.clone
+    assert not caps.block_device
     assert caps.native_create
     assert cls.SUPPORTS_CLONE is False
     assert cls.SUPPORTS_LUKS is False

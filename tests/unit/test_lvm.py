@@ -193,8 +193,8 @@ def test_disk_identity(backend, instance):
             disk.driver_io) == ('block', 'raw', True, 'native')
     caps = disk.capabilities
     assert (caps.block_device, caps.native_create, caps.shared_storage,
-            caps.file_in_instance_path, caps.backing_in_cache,
-            caps.clone) == (True, True, False, False, False, False)
+            caps.file_in_instance_path, caps.backing_in_cache) == (
+                True, True, False, False, False)
     assert disk.is_shared_block_storage() is False
     assert disk.is_file_in_instance_path() is False
     assert disk.thin_snapshots is False and lvm.Lvm.SUPPORTS_THIN_SNAPSHOTS

@@ -44,8 +44,8 @@ def test_factory_knows_rbd(rbd_host, instance):
 def test_capabilities():
     caps = rbd_mod.Rbd.capabilities
     assert (caps.shared_storage, caps.file_in_instance_path,
-            caps.backing_in_cache, caps.clone, caps.native_create) == (
-        True, False, False, True, True)
+            caps.backing_in_cache, caps.native_create) == (
+        True, False, False, True)
     assert rbd_mod.Rbd.SUPPORTS_CLONE is True
     assert rbd_mod.Rbd.is_shared_block_storage() is True
     assert rbd_mod.Rbd.is_file_in_instance_path() is False
