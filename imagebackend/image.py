@@ -72,7 +72,8 @@ class Capabilities:
     # Disks depend on a cache entry (a backing file) that must exist on
     # every host using them: migration must recreate it there.
     backing_in_cache: bool = False
-    # Disks are block devices (libvirt type='block').
+    # Disks are block devices: every disk's is_block_dev, which Nova's
+    # driver reads (mkfs as root) and libvirt_fs_info answers from.
     block_device: bool = False
     # create_from_* are implemented natively, not through the shim.
     native_create: bool = False
@@ -106,7 +107,7 @@ class Image(abc.ABC):
     def __init__(self, instance=None, disk_name: str | None = None,
                  path: str | None = None, disk_info_mapping=None, *,
                  backend, source_type: str = 'file',
-                 driver_format: str = 'raw', is_block_dev: bool = False,
+                 driver_format: str = 'raw', is_block_dev: bool | None = None,
                  record: records_mod.DiskRecord | None = None):
         self.instance = instance
         self.disk_info_mapping = disk_info_mapping
@@ -116,7 +117,11 @@ class Image(abc.ABC):
         self.records = backend.records
         self.source_type = source_type
         self.driver_format = driver_format
-        self.is_block_dev = is_block_dev
+        # Nova's per-disk attribute (its driver makes an ephemeral disk's
+        # filesystem as root where it is True): by default the backend's
+        # declaration, the block_device capability.
+        self.is_block_dev = (self.capabilities.block_device
+                             if is_block_dev is None else is_block_dev)
         self.driver_io = None
         self.discard_mode = self.conf.libvirt.hw_disk_discard
         self.preallocate = False

@@ -420,6 +420,18 @@ def test_file_backend_capabilities(backend, instance, image_type):
     assert disk.is_block_dev is False
 
 
+def test_is_block_dev_is_the_block_device_capability(backend, instance):
+    # Nova's driver reads a disk's is_block_dev; a backend declares it once,
+    # as its block_device capability.
+    class BlockFlat(flat.Flat):
+        capabilities = dataclasses.replace(flat.Flat.capabilities,
+                                           block_device=True)
+
+    assert BlockFlat(instance=instance, disk_name='disk',
+                     backend=backend).is_block_dev is True
+    assert backend.by_name(instance, 'disk', 'flat').is_block_dev is False
+
+
 def test_backing_in_cache(backend, instance):
     assert qcow2.Qcow2.capabilities.backing_in_cache is True
     assert flat.Flat.capabilities.backing_in_cache is False
