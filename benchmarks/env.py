@@ -2,7 +2,8 @@
 
 A *host* is a directory with its own ``instances_path`` and image folder
 and a ConfigOpts for them (as in ``tests/hosts.py``); two hosts on one
-machine reach each other through a :class:`imagebackend.LocalTransport`.
+machine reach each other through a
+:class:`imagebackend.transport.LocalTransport`.
 Images are written with random data (``os.urandom``) at spread-out
 extents, so they are sparse where the sizes say and incompressible where
 they hold data.

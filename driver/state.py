@@ -28,6 +28,7 @@ import imagebackend
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import names
+from imagebackend import transport as transport_mod
 
 from driver import instance as instance_mod
 
@@ -125,8 +126,8 @@ class State:
         conf([])
         return conf
 
-    def transport(self) -> imagebackend.LocalTransport:
-        return imagebackend.LocalTransport(
+    def transport(self) -> transport_mod.LocalTransport:
+        return transport_mod.LocalTransport(
             {h: self.instances_path(h) for h in self.hosts()})
 
     def backend(self, host: str, images_type: str | None = None

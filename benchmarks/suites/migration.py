@@ -1,11 +1,11 @@
 """5. Migration between two hosts on one machine.
 
 Hosts "a" and "b" each have an instances_path; a
-:class:`~imagebackend.LocalTransport` (wrapped to count what it copies:
-apparent and allocated bytes of every file it sends or fetches) maps their
-names to those directories. The image is only in a's image folder: on b it
-is "gone upstream", so b side-loads bases from a, as after an image
-deletion.
+:class:`~imagebackend.transport.LocalTransport` (wrapped to count what it
+copies: apparent and allocated bytes of every file it sends or fetches)
+maps their names to those directories. The image is only in a's image
+folder: on b it is "gone upstream", so b side-loads bases from a, as after
+an image deletion.
 
 Per repetition, on new instances: spawn on a (the baseline: what making
 the instance costs), cold migration (``migration.migrate_disks`` a -> b,

@@ -12,6 +12,7 @@ import imagebackend
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import shim
+from imagebackend import transport as transport_mod
 
 from tests.functional.conftest import (GiB, MiB, Instance, blkid, guest_bytes,
                                        make_ephemeral, make_swap,
@@ -276,7 +277,7 @@ def test_fallback_side_loads_image_gone_upstream(tmp_path, host, instance,
     dest_conf.set_override('images_dir', host.imagebackend.images_dir,
                            group='imagebackend')
     dest_conf([])
-    transport = imagebackend.LocalTransport({'src': host.instances_path})
+    transport = transport_mod.LocalTransport({'src': host.instances_path})
     dest = imagebackend.Backend(conf=dest_conf, transport=transport)
     disk = dest.by_name(instance, 'disk', image_type)
     with pytest.raises(exception.ImageNotFound):

@@ -15,6 +15,7 @@ import pytest
 import imagebackend
 from imagebackend import exception
 from imagebackend import fileutils
+from imagebackend import transport as transport_mod
 
 from driver import flows
 from driver import instance as instance_mod
@@ -34,7 +35,7 @@ class Hosts:
         self.paths = {h: str(tmp_path / h / 'instances') for h in 'ab'}
         for p in self.paths.values():
             os.makedirs(p)
-        self.transport = imagebackend.LocalTransport(self.paths)
+        self.transport = transport_mod.LocalTransport(self.paths)
         self.confs = {h: make_conf(p, self.images)
                       for h, p in self.paths.items()}
 

@@ -25,6 +25,7 @@ from imagebackend import formats
 from imagebackend import names
 from imagebackend import processes
 from imagebackend import shim
+from imagebackend import transport as transport_mod
 from imagebackend.backends import ploop as ploop_mod
 
 from driver import cli
@@ -697,7 +698,7 @@ class Hosts:
         self.paths = {h: str(tmp_path / h / 'instances') for h in 'ab'}
         for p in self.paths.values():
             os.makedirs(p)
-        self.transport = imagebackend.LocalTransport(self.paths)
+        self.transport = transport_mod.LocalTransport(self.paths)
         self.confs = {h: make_conf(p, self.images)
                       for h, p in self.paths.items()}
         for conf in self.confs.values():

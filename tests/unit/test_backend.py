@@ -15,6 +15,7 @@ import pytest
 import imagebackend
 from imagebackend import backend as backend_mod
 from imagebackend import exception, libvirt_config, processes, records
+from imagebackend import image as image_mod
 from imagebackend.backends import flat, qcow2
 from tests.hosts import GiB, MiB
 
@@ -410,7 +411,7 @@ def test_file_backend_capabilities(backend, instance, image_type):
     assert cls.is_shared_block_storage() is False
     assert disk.is_shared_block_storage() is False
     caps = cls.capabilities
-    assert isinstance(caps, imagebackend.Capabilities)
+    assert isinstance(caps, image_mod.Capabilities)
     assert caps.file_in_instance_path and not caps.shared_storage
     assert not caps.block_device
     assert caps.native_create

@@ -21,6 +21,7 @@ import pytest
 import imagebackend
 from imagebackend import exception
 from imagebackend import records as records_mod
+from imagebackend import transport as transport_mod
 from imagebackend.backends import flat, qcow2
 from imagebackend.fixture import ImageBackendFixture, ImageCall, TemplateCall
 from imagebackend.records import DiskRecord, MemoryStore
@@ -949,7 +950,7 @@ class RecordingTransport:
     """A mock transport that keeps what each put sent."""
 
     def __init__(self):
-        self.mock = mock.Mock(spec=imagebackend.Transport)
+        self.mock = mock.Mock(spec=transport_mod.Transport)
         self.sent = {}
         self.mock.put.side_effect = self._put
 
