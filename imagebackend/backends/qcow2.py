@@ -81,21 +81,28 @@ class Qcow2(localfile.LocalFileImage):
         self._check_size(size, entry.virtual_size)
         virtual_size = size or entry.virtual_size
         with self._creating(source_type, source_id, 'native') as facts:
-            if self._writes_overlay(virtual_size, entry.path, entry.format):
-                # _creating makes it durable before the record says
-                # created: no fsync of its own.
-                qcow2_overlay.write(self.path, virtual_size, entry.path,
-                                    entry.format, durable=False)
-                how = 'in-process'
-            else:
-                qemu.create(self.path, 'qcow2', size, backing=entry.path,
-                            backing_fmt=entry.format)
-                how = 'qemu-img'
+            how = self._write_overlay(size, virtual_size, entry.path,
+                                      entry.format)
             self._preallocate(size)
             facts.update(format='qcow2', virtual_size=virtual_size,
                          backing=entry.name, backing_format=entry.format,
                          backing_sha256=entry.sha256,
                          provenance={'overlay': how})
+
+    def _write_overlay(self, size: int | None, virtual_size: int | None,
+                       backing: str, backing_format: str) -> str:
+        """Make the overlay at this disk's path: in-process when the writer
+        covers it, else ``qemu-img create`` (``size`` None: the backing
+        file's). Returns how (``provenance['overlay']``). Called inside
+        _creating, which makes the disk durable before its record says
+        created: no fsync of its own."""
+        if self._writes_overlay(virtual_size, backing, backing_format):
+            qcow2_overlay.write(self.path, virtual_size, backing,
+                                backing_format, durable=False)
+            return 'in-process'
+        qemu.create(self.path, 'qcow2', size, backing=backing,
+                    backing_fmt=backing_format)
+        return 'qemu-img'
 
     def _writes_overlay(self, size: int | None, backing: str,
                         backing_format: str) -> bool:
@@ -196,8 +203,8 @@ class Qcow2(localfile.LocalFileImage):
                 self._described_base(base, kwargs.get('image_id')))
         if not self.exists():
             with self.image_cache.lock(os.path.basename(base)):
-                qemu.create(self.path, 'qcow2', size, backing=base,
-                            backing_fmt=base_format)
+                self._write_overlay(size, size or base_size, base,
+                                    base_format)
             self._note_made(size or base_size)
 
     # -- legacy resized bases (Nova's legacy_backing_size) ---------------------
