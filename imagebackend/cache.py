@@ -271,6 +271,29 @@ class ImageCache:
         except OSError:  # read-only or foreign-owned NFS entry: not fatal
             pass
 
+    # -- Nova's create_image ------------------------------------------------
+
+    def deep_inspection(self, safe: bool = False) -> bool:
+        """Whether Nova's ``create_image`` re-checks a base's safety: not
+        when the caller made it (``safe``) or the operator turned it off
+        (``[workarounds] disable_deep_image_inspection``)."""
+        return not (safe or
+                    self.conf.workarounds.disable_deep_image_inspection)
+
+    def legacy_base(self, path: str, safe: bool = False
+                    ) -> tuple[str, int | None]:
+        """(format, virtual size) of the base at ``path`` a caller of
+        Nova's ``create_image`` handed over: as its sidecar says (the entry
+        is touched: in use), else from its bytes, inspected with the safety
+        check :meth:`deep_inspection` asks for; never a qemu-img probe."""
+        entry = self.get(os.path.basename(path))
+        if entry is not None:
+            self.touch(entry)
+            return entry.format, entry.virtual_size
+        # Not made by this library (no sidecar): inspect, never guess.
+        found = formats.detect(path, check_safety=self.deep_inspection(safe))
+        return formats.cache_format(found.format), found.virtual_size
+
     # -- images --------------------------------------------------------------
 
     def fetch_image(self, context: Any, image_id: str,

@@ -113,7 +113,6 @@ from imagebackend import encryption as encryption_mod
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import filesystems
-from imagebackend import formats
 from imagebackend import image
 from imagebackend import models
 from imagebackend import names
@@ -872,17 +871,7 @@ class Lvm(image.SelfContained, image.Image):
         if not os.path.exists(base):
             prepare_template(target=base, *args, **kwargs)
         name = os.path.basename(base)
-        entry = self.image_cache.get(name)
-        if entry is not None:
-            base_format, base_size = entry.format, entry.virtual_size
-            self.image_cache.touch(entry)
-        else:
-            # Not made by this library (no sidecar): inspect, never guess.
-            check = not (safe or
-                         self.conf.workarounds.disable_deep_image_inspection)
-            found = formats.detect(base, check_safety=check)
-            base_format = formats.cache_format(found.format)
-            base_size = found.virtual_size
+        base_format, base_size = self.image_cache.legacy_base(base, safe)
         self.verify_base_size(base, size, base_size)
         if exists or self.exists():
             return

@@ -773,15 +773,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
             return
         if not os.path.exists(base):
             prepare_template(target=base, *args, **kwargs)
-        entry = self.image_cache.get(os.path.basename(base))
-        if entry is not None:
-            base_format = entry.format
-            self.image_cache.touch(entry)
-        else:
-            check = not (safe or
-                         self.conf.workarounds.disable_deep_image_inspection)
-            found = formats.detect(base, check_safety=check)
-            base_format = formats.cache_format(found.format)
+        base_format, _size = self.image_cache.legacy_base(base, safe)
         self.verify_base_size(base, size)
         if self.exists():
             return

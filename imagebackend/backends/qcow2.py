@@ -185,7 +185,7 @@ class Qcow2(localfile.LocalFileImage):
             prepare_template(target=base, *args, **kwargs)
         # Nova re-checks the base's safety on every use unless it made the
         # base itself (safe); so does the legacy path.
-        check = not (safe or self.conf.workarounds.disable_deep_image_inspection)
+        check = self.image_cache.deep_inspection(safe)
         entry = self.image_cache.get(os.path.basename(base))
         if entry is None:
             # Written just now by the caller's fetch (Nova's writes no
