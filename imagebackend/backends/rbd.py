@@ -748,12 +748,7 @@ class Rbd(image.SelfContained, image.Image):
         # prepare_template may have cloned the disk already (Nova's
         # clone_fallback_to_fetch calls clone()); else import the template.
         if not self.exists():
-            entry = self.image_cache.get(os.path.basename(base))
-            if entry is not None:
-                fmt = entry.format
-                self.image_cache.touch(entry)
-            else:
-                fmt = formats.cache_format(formats.detect(base).format)
+            fmt, _size = self.image_cache.legacy_base(base, safe)
             converted = self._import_file(base, fmt, self.rbd_name)
             why = ("Nova's create_image: the cached template is imported "
                    'as the disk')

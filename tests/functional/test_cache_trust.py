@@ -283,3 +283,29 @@ def test_one_tib_sparse_base_is_digested_without_its_holes(
     assert os.path.getsize(entry.path) == 1024 * GiB
     assert entry.sha256 == fileutils.file_digest(entry.path)
     assert entry.sha256.startswith(fileutils.DIGEST_PREFIX)
+
+
+# -- a base Nova's create_image hands over ------------------------------------
+
+@pytest.mark.parametrize('trust', ['safe', 'workaround', None])
+def test_legacy_base_safety_check_as_nova_asks(host, backend, tmp_path,
+                                               trust):
+    """A base without a sidecar is inspected with the safety check unless
+    the caller made it (safe) or the operator turned deep inspection off:
+    one rule for every backend's create_image (Rbd's ignored both)."""
+    other = tmp_path / 'host-file'
+    other.write_bytes(b'x' * 4096)
+    cache = backend.image_cache
+    cache.ensure_dirs()
+    base = cache.path(names.image_cache_name('nova-fetched'))
+    # A qcow2 naming a file on the host: refused by the safety check.
+    run('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+        str(other), base, str(MiB))
+    if trust == 'workaround':
+        host.set_override('disable_deep_image_inspection', True,
+                          group='workarounds')
+    if trust is None:
+        with pytest.raises(exception.ImageUnacceptable):
+            cache.legacy_base(base)
+        return
+    assert cache.legacy_base(base, safe=trust == 'safe') == ('qcow2', MiB)
