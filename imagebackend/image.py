@@ -661,9 +661,26 @@ class Image(abc.ABC):
         """Make an empty disk shaped like ``like`` (a record from another
         host): same backend, format, size and source, for a block live
         migration to fill. Backends whose disks have a backing file
-        recreate them from their source instead."""
+        recreate them from their source instead.
+
+        All-or-nothing as every creation: backends refuse in
+        :meth:`_prepare_empty` before anything is written, and make the
+        disk in :meth:`_make_empty`."""
+        provenance = self._prepare_empty(like)
+        with self._creating(like.source_type, like.source_id, 'empty',
+                            purpose='live-migration', **provenance) as facts:
+            fmt, virtual_size = self._make_empty(like)
+            facts.update(format=fmt, virtual_size=virtual_size)
+
+    def _prepare_empty(self, like: records_mod.DiskRecord) -> dict[str, Any]:
+        """Refuse an empty disk like ``like`` (NotSupported: this backend
+        makes none), else return the provenance its record is to carry."""
         raise exception.NotSupported(operation='create_empty',
                                      backend=self.image_type)
+
+    def _make_empty(self, like: records_mod.DiskRecord) -> tuple[str, int]:
+        """Make the empty disk; return its (format, virtual size)."""
+        raise NotImplementedError
 
     # -- size ------------------------------------------------------------------
 

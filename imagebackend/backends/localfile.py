@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from imagebackend import exception
 from imagebackend import fileutils
@@ -48,11 +49,12 @@ class LocalFileImage(image.Image):
         relpath = os.path.relpath(self.path, self.conf.instances_path)
         transport.put(host, self.path, relpath, progress=progress)
 
-    def create_empty(self, like) -> None:
+    def _prepare_empty(self, like) -> dict[str, Any]:
         if self.capabilities.backing_in_cache:
-            super().create_empty(like)
+            super()._prepare_empty(like)
         self.driver_format = like.format
-        with self._creating(like.source_type, like.source_id, 'empty',
-                            purpose='live-migration') as facts:
-            qemu.create(self.path, like.format, like.virtual_size)
-            facts.update(format=like.format, virtual_size=like.virtual_size)
+        return {}
+
+    def _make_empty(self, like) -> tuple[str, int]:
+        qemu.create(self.path, like.format, like.virtual_size)
+        return like.format, like.virtual_size

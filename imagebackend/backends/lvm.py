@@ -1038,12 +1038,10 @@ class Lvm(image.SelfContained, image.Image):
             raise exception.NotSupported(operation=operation,
                                          backend=self.image_type)
 
-    def create_empty(self, like) -> None:
+    def _prepare_empty(self, like) -> dict[str, Any]:
         self._refuse_encrypted('migrating an encrypted disk')
         self.driver_format = 'raw'
-        size = like.virtual_size
-        vg = self._extents()
-        with self._creating(like.source_type, like.source_id, 'empty',
-                            purpose='live-migration') as facts:
-            final = self._lvcreate(size, vg)
-            facts.update(format='raw', virtual_size=final)
+        return {}
+
+    def _make_empty(self, like) -> tuple[str, int]:
+        return 'raw', self._lvcreate(like.virtual_size, self._extents())

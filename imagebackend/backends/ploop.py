@@ -721,30 +721,35 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
             fileutils.remove_path(bigger)
         self._write_descriptor(header)
 
-    def create_empty(self, like) -> None:
-        """An empty disk of ``like``'s size and ploop format, for a block
-        live migration to fill."""
+    @staticmethod
+    def _empty_format(like) -> str:
+        """The ploop format of an empty disk like ``like``."""
         fmt = (like.provenance or {}).get('ploop_format') or 'raw'
         if fmt not in TYPES:
             raise exception.InvalidInput(
                 reason=f'record of {like.name} has unknown ploop format '
                        f'{fmt!r}')
+        return fmt
+
+    def _prepare_empty(self, like) -> dict[str, Any]:
+        """An empty disk of ``like``'s size and ploop format, for a block
+        live migration to fill."""
+        return {'ploop_format': self._empty_format(like)}
+
+    def _make_empty(self, like) -> tuple[str, int]:
         size = like.virtual_size
-        with self._creating(like.source_type, like.source_id, 'empty',
-                            purpose='live-migration',
-                            ploop_format=fmt) as facts:
-            self._make_dir()
-            if fmt == 'raw':
-                with open(self.data_path, 'xb'):
-                    pass
-                final = self._presize(size)
-                self._restore_descriptor()
-            else:
-                self._create_parallels(self.data_path, size)
-                header = finish_expanded(self.data_path)
-                self._write_descriptor(header)
-                final = header.virtual_size
-            facts.update(format='ploop', virtual_size=final)
+        self._make_dir()
+        if self._empty_format(like) == 'raw':
+            with open(self.data_path, 'xb'):
+                pass
+            final = self._presize(size)
+            self._restore_descriptor()
+        else:
+            self._create_parallels(self.data_path, size)
+            header = finish_expanded(self.data_path)
+            self._write_descriptor(header)
+            final = header.virtual_size
+        return 'ploop', final
 
     def snapshot_extract(self, target: str, out_format: str) -> None:
         qemu.convert(self.data_path, QEMU_FORMATS[self.ploop_format], target,

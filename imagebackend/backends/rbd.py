@@ -854,15 +854,16 @@ class Rbd(image.SelfContained, image.Image):
     def send_to(self, transport, host: str, progress=None) -> None:
         """Shared storage: ``host`` sees this disk already."""
 
-    def create_empty(self, like) -> None:
+    def _prepare_empty(self, like) -> dict[str, Any]:
         """An empty RBD image shaped like ``like`` (block live migration
         into the pool; flows skip shared disks, so only direct callers)."""
-        with self._creating(like.source_type, like.source_id, 'empty',
-                            purpose='live-migration') as facts:
-            with self._connect() as conn:
-                librbd.RBD().create(conn.ioctx(self.pool), self.rbd_name,
-                                    like.virtual_size, old_format=False)
-            facts.update(format='raw', virtual_size=like.virtual_size)
+        return {}
+
+    def _make_empty(self, like) -> tuple[str, int]:
+        with self._connect() as conn:
+            librbd.RBD().create(conn.ioctx(self.pool), self.rbd_name,
+                                like.virtual_size, old_format=False)
+        return 'raw', like.virtual_size
 
     # -- libvirt --------------------------------------------------------------
 
