@@ -65,6 +65,17 @@ def check_instance_uuid(uuid: object) -> str:
     return _check(uuid, 'instance uuid')
 
 
+def disk_name_from(storage_name: str, instance_uuid: str) -> str | None:
+    """The disk name in ``storage_name`` if it is Nova's name of one of
+    ``instance_uuid``'s disks on shared storage (``<uuid>_<disk name>``: an
+    LV, an RBD image), else None. Not checked: callers undo their own
+    escaping first."""
+    prefix = check_instance_uuid(instance_uuid) + '_'
+    if storage_name.startswith(prefix):
+        return storage_name[len(prefix):]
+    return None
+
+
 def image_cache_name(image_id: str) -> str:
     """Nova's cache file name for an image: sha1 of the image id."""
     if not isinstance(image_id, str) or not image_id:

@@ -343,10 +343,9 @@ class Lvm(image.SelfContained, image.Image):
 
     def _name_from_lv(self) -> None:
         if self.disk_name is None and self.instance is not None:
-            prefix = names.check_instance_uuid(self.instance.uuid) + '_'
-            if self.lv.startswith(prefix):
-                self.disk_name = names.check_disk_name(
-                    unescape(self.lv[len(prefix):]))
+            found = names.disk_name_from(self.lv, self.instance.uuid)
+            if found is not None:
+                self.disk_name = names.check_disk_name(unescape(found))
 
     def _encryption(self) -> encryption_mod.Encryption | None:
         """How this disk is encrypted: as its Lvm record says, for a disk

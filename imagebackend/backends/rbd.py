@@ -264,10 +264,9 @@ class Rbd(image.SelfContained, image.Image):
         if path is not None:
             pool, name = parse_path(path)
             if disk_name is None and instance is not None:
-                prefix = f'{self.instance_uuid}_'
-                if name.startswith(prefix):
-                    self.disk_name = names.check_disk_name(
-                        name[len(prefix):])
+                found = names.disk_name_from(name, self.instance_uuid)
+                if found is not None:
+                    self.disk_name = names.check_disk_name(found)
         else:
             if instance is None or disk_name is None:
                 raise exception.InvalidInput(

@@ -172,3 +172,12 @@ def test_template_name_never_confuses_traits_or_sizes():
     assert names.template_name('ephemeral', gib, fs='ext4',
                                label='ephemeral0') == \
         'ephemeral_1G_fs-ext4_label-ephemeral0'
+
+
+def test_disk_name_from_nova_storage_names():
+    uuid = '3b6d4f3e-0a43-4a5c-9b8b-1d0e2c3f4a5b'
+    assert names.disk_name_from(f'{uuid}_disk.local', uuid) == 'disk.local'
+    assert names.disk_name_from(f'{uuid}_', uuid) == ''
+    assert names.disk_name_from('other_disk', uuid) is None
+    with pytest.raises(exception.InvalidInput):
+        names.disk_name_from('x_disk', '../x')
