@@ -833,8 +833,13 @@ class Image(abc.ABC):
     def snapshot_extract(self, target: str, out_format: str) -> None:
         """Cold-copy the disk into ``target`` in ``out_format``."""
         qemu.convert(self.path, self.driver_format, target, out_format,
-                     compress=(self.conf.libvirt.snapshot_compression and
-                               out_format == 'qcow2'))
+                     compress=self._compress_snapshot(out_format))
+
+    def _compress_snapshot(self, out_format: str) -> bool:
+        """Whether a snapshot written in ``out_format`` is compressed:
+        ``[libvirt] snapshot_compression``, for qcow2 only (as Nova)."""
+        return bool(self.conf.libvirt.snapshot_compression and
+                    out_format == 'qcow2')
 
     def import_file(self, instance, local_file: str, remote_name: str):
         """A local file is already in a file backend's store."""

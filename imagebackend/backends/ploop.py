@@ -753,9 +753,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
 
     def snapshot_extract(self, target: str, out_format: str) -> None:
         qemu.convert(self.data_path, QEMU_FORMATS[self.ploop_format], target,
-                     out_format,
-                     compress=(self.conf.libvirt.snapshot_compression and
-                               out_format == 'qcow2'))
+                     out_format, compress=self._compress_snapshot(out_format))
 
     # -- legacy (Nova's Ploop.create_image) ------------------------------------
 

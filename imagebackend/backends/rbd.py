@@ -925,8 +925,7 @@ class Rbd(image.SelfContained, image.Image):
     # -- snapshots ------------------------------------------------------------
 
     def snapshot_extract(self, target: str, out_format: str) -> None:
-        compress = bool(self.conf.libvirt.snapshot_compression and
-                        out_format == 'qcow2')
+        compress = self._compress_snapshot(out_format)
         cls = type(self)
         if cls._qemu_has_rbd is not False:
             try:
