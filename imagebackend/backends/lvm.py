@@ -305,8 +305,7 @@ class Lvm(image.SelfContained, image.Image):
                  disk_info_mapping=None, *, backend, record=None):
         super().__init__(instance, disk_name, path, disk_info_mapping,
                          backend=backend, source_type='block',
-                         driver_format='raw', is_block_dev=True,
-                         record=record)
+                         driver_format='raw', record=record)
         if path is None:
             if instance is None or disk_name is None:
                 raise exception.InvalidInput(
