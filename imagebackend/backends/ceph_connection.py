@@ -34,12 +34,28 @@ from typing import Any, Iterator
 
 from imagebackend import exception
 
-try:  # Debian's python3-rados (real-backends.md section 4)
+try:  # Debian's python3-rados / python3-rbd (real-backends.md section 4)
     import rados
+    import rbd as librbd
 except ImportError:  # pragma: no cover - checked when a disk is used
-    rados = None
+    rados = librbd = None
 
 LOG = logging.getLogger(__name__)
+
+
+class RbdError(exception.ImageBackendError):
+    """A Ceph call failed."""
+
+    msg_fmt = "Ceph: %(operation)s of %(target)s failed: %(reason)s"
+
+
+@contextlib.contextmanager
+def _typed(operation: str, target: str) -> Iterator[None]:
+    """Raise librados/librbd errors as :class:`RbdError`."""
+    try:
+        yield
+    except (rados.Error, librbd.Error) as e:
+        raise RbdError(operation=operation, target=target, reason=str(e))
 
 
 class Connection:

@@ -126,8 +126,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid as uuid_mod
-from typing import (Any, Callable, ClassVar, ContextManager, Iterator,
-                    Mapping)
+from typing import Any, Callable, ClassVar, ContextManager, Mapping
 
 from imagebackend import exception
 from imagebackend import fileutils
@@ -144,6 +143,7 @@ from imagebackend import sources
 from imagebackend.backends import ceph_connection
 from imagebackend.backends import rbd_driver
 from imagebackend.backends import rbd_locations
+from imagebackend.backends.ceph_connection import RbdError, _typed
 from imagebackend.backends.rbd_locations import (  # noqa: F401 (API)
     CloneNotPossible, StoreCopyFailed, StoreCopyTimeout)
 
@@ -172,12 +172,6 @@ REMOVE_RETRY_INTERVAL = 1.0
 READ_CHUNK = 4 * 1024 * 1024
 # Stands, in a plan, for the random part of a name creation would pick.
 RANDOM = '<random>'
-
-
-class RbdError(exception.ImageBackendError):
-    """A Ceph call failed."""
-
-    msg_fmt = "Ceph: %(operation)s of %(target)s failed: %(reason)s"
 
 
 @dataclasses.dataclass
@@ -1261,15 +1255,6 @@ class Rbd(image.SelfContained, image.Image):
         with self._connect() as conn:
             self._remove_image(conn, self.pool, name)
         self._import_file(local_file, 'raw', name)
-
-
-@contextlib.contextmanager
-def _typed(operation: str, target: str) -> Iterator[None]:
-    """Raise librados/librbd errors as :class:`RbdError`."""
-    try:
-        yield
-    except (rados.Error, librbd.Error) as e:
-        raise RbdError(operation=operation, target=target, reason=str(e))
 
 
 def monitors(monmap: dict) -> tuple[list[str], list[str]]:
