@@ -124,7 +124,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.parse
 import uuid as uuid_mod
 from typing import Any, Callable, ClassVar, ContextManager, Mapping
 
@@ -145,7 +144,8 @@ from imagebackend.backends import rbd_driver
 from imagebackend.backends import rbd_locations
 from imagebackend.backends.ceph_connection import RbdError, _typed
 from imagebackend.backends.rbd_locations import (  # noqa: F401 (API)
-    CloneNotPossible, StoreCopyFailed, StoreCopyTimeout)
+    BASE_SNAP, CloneNotPossible, StoreCopyFailed, StoreCopyTimeout,
+    parse_location, parse_path)
 
 try:  # Debian's python3-rados / python3-rbd (real-backends.md section 4)
     import rados
@@ -157,9 +157,6 @@ LOG = logging.getLogger(__name__)
 
 _Connection = ceph_connection.Connection
 
-# Glance's rbd store name for the protected snapshot of an image; pool bases
-# use it too, so a base and a Glance image look alike.
-BASE_SNAP = 'snap'
 # RBD image metadata keys on pool bases.
 META_SOURCE = 'imagebackend.source'        # 'image:<id>' | 'func:<name>'
 META_SHA256 = 'imagebackend.sha256'
@@ -189,36 +186,6 @@ class Parent:
     @property
     def spec(self) -> str:
         return f'{self.pool}/{self.image}@{self.snap}'
-
-
-def parse_location(url: str) -> tuple[str, str, str, str]:
-    """``rbd://<fsid>/<pool>/<image>/<snap>`` -> (fsid, pool, image, snap)."""
-    prefix = 'rbd://'
-    if not isinstance(url, str) or not url.startswith(prefix):
-        raise exception.InvalidInput(reason=f'{url!r} is not an rbd:// URL')
-    # Glance quotes each piece (glance_store's rbd driver); Nova unquotes.
-    pieces = [urllib.parse.unquote(p) for p in url[len(prefix):].split('/')]
-    if len(pieces) != 4 or not all(pieces):
-        raise exception.InvalidInput(
-            reason=f'{url!r} is not rbd://<fsid>/<pool>/<image>/<snap>')
-    return tuple(pieces)  # type: ignore[return-value]
-
-
-def parse_path(path: str) -> tuple[str, str]:
-    """A libvirt/qemu RBD path -> (pool, image name).
-
-    Accepts ``rbd:<pool>/<name>[:opt=..]...`` (this backend's ``path``) and
-    ``<pool>/<name>`` (the ``name`` of a network ``<source>``).
-    """
-    if not isinstance(path, str):
-        raise exception.InvalidInput(reason=f'{path!r} is not an RBD path')
-    spec = path[4:] if path.startswith('rbd:') else path
-    spec = spec.split(':', 1)[0]
-    pool, sep, name = spec.partition('/')
-    if not sep or not pool or not name or '/' in name or '@' in name:
-        raise exception.InvalidInput(
-            reason=f'{path!r} is not an RBD path (rbd:<pool>/<name>)')
-    return pool, name
 
 
 def _require_bindings() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import urllib.parse
 from typing import Any, Callable, Mapping
 
 from imagebackend import exception
@@ -41,6 +42,10 @@ IMPORTING = 'os_glance_importing_to_stores'
 FAILED = 'os_glance_failed_import'
 
 COPYING, DONE, FAILED_STATE = 'copying', 'done', 'failed'
+
+# Glance's rbd store name for the protected snapshot of an image; pool bases
+# use it too, so a base and a Glance image look alike.
+BASE_SNAP = 'snap'
 
 
 class CloneNotPossible(exception.ImageUnacceptable):
@@ -90,6 +95,36 @@ def _store_names(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(',')
     return tuple(s.strip() for s in value if isinstance(s, str) and s.strip())
+
+
+def parse_location(url: str) -> tuple[str, str, str, str]:
+    """``rbd://<fsid>/<pool>/<image>/<snap>`` -> (fsid, pool, image, snap)."""
+    prefix = 'rbd://'
+    if not isinstance(url, str) or not url.startswith(prefix):
+        raise exception.InvalidInput(reason=f'{url!r} is not an rbd:// URL')
+    # Glance quotes each piece (glance_store's rbd driver); Nova unquotes.
+    pieces = [urllib.parse.unquote(p) for p in url[len(prefix):].split('/')]
+    if len(pieces) != 4 or not all(pieces):
+        raise exception.InvalidInput(
+            reason=f'{url!r} is not rbd://<fsid>/<pool>/<image>/<snap>')
+    return tuple(pieces)  # type: ignore[return-value]
+
+
+def parse_path(path: str) -> tuple[str, str]:
+    """A libvirt/qemu RBD path -> (pool, image name).
+
+    Accepts ``rbd:<pool>/<name>[:opt=..]...`` (this backend's ``path``) and
+    ``<pool>/<name>`` (the ``name`` of a network ``<source>``).
+    """
+    if not isinstance(path, str):
+        raise exception.InvalidInput(reason=f'{path!r} is not an RBD path')
+    spec = path[4:] if path.startswith('rbd:') else path
+    spec = spec.split(':', 1)[0]
+    pool, sep, name = spec.partition('/')
+    if not sep or not pool or not name or '/' in name or '@' in name:
+        raise exception.InvalidInput(
+            reason=f'{path!r} is not an RBD path (rbd:<pool>/<name>)')
+    return pool, name
 
 
 def location_url(location: Any) -> str | None:
