@@ -115,10 +115,8 @@ libvirt cannot authenticate without a secret's uuid.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -131,8 +129,6 @@ from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
 from imagebackend import image
-from imagebackend import libvirt_config
-from imagebackend import models
 from imagebackend import names
 from imagebackend import plans
 from imagebackend import processes
@@ -141,8 +137,10 @@ from imagebackend import revert
 from imagebackend import sources
 from imagebackend.backends import ceph_connection
 from imagebackend.backends import rbd_driver
+from imagebackend.backends import rbd_libvirt
 from imagebackend.backends import rbd_locations
 from imagebackend.backends.ceph_connection import RbdError, _typed
+from imagebackend.backends.rbd_libvirt import monitors  # noqa: F401 (API)
 from imagebackend.backends.rbd_locations import (  # noqa: F401 (API)
     BASE_SNAP, CloneNotPossible, StoreCopyFailed, StoreCopyTimeout,
     parse_location, parse_path)
@@ -195,7 +193,7 @@ def _require_bindings() -> None:
             'bindings are not importable')
 
 
-class Rbd(image.SelfContained, image.Image):
+class Rbd(rbd_libvirt.RbdLibvirt, image.SelfContained, image.Image):
     """A disk that is an RBD image (a clone of a pool base, or a copy)."""
 
     image_type = 'rbd'
@@ -825,64 +823,6 @@ class Rbd(image.SelfContained, image.Image):
                                 like.virtual_size, old_format=False)
         return 'raw', like.virtual_size
 
-    # -- libvirt --------------------------------------------------------------
-
-    def mon_addrs(self) -> tuple[list[str], list[str]]:
-        """(hosts, ports) of the cluster's monitors, from its monmap (read
-        in-process: Nova ran ``ceph mon dump --format=json``)."""
-        with self._connect() as conn:
-            ret, out, err = conn.client.mon_command(
-                json.dumps({'prefix': 'mon dump', 'format': 'json'}), b'',
-                timeout=self.connect_timeout)
-        if ret != 0:
-            raise RbdError(operation='mon dump', target='the cluster',
-                           reason=err or f'error {ret}')
-        return monitors(json.loads(out))
-
-    def libvirt_info(self, cache_mode: str | None, extra_specs: dict,
-                     boot_order: int | None = None,
-                     disk_unit: int | None = None
-                     ) -> libvirt_config.GuestDisk:
-        mapping = self.disk_info_mapping
-        if not mapping:
-            raise exception.InvalidInput(
-                reason='libvirt_info needs the disk_info_mapping')
-        hosts, ports = self.driver.get_mon_addrs()   # Nova's call
-        info = libvirt_config.GuestDisk(
-            source_type='network', source_device=mapping.get('type', 'disk'),
-            source_protocol='rbd', source_name=self.location,
-            source_hosts=hosts, source_ports=ports,
-            target_bus=mapping['bus'], target_dev=mapping['dev'],
-            driver_cache=cache_mode, driver_discard=self.discard_mode,
-            driver_format='raw', boot_order=boot_order)
-        secret = self.conf.libvirt.rbd_secret_uuid
-        if secret:
-            # Nova: the username goes with the secret; libvirt needs both.
-            info.auth_secret_type = 'ceph'
-            info.auth_secret_uuid = secret
-            info.auth_username = self.rbd_user
-        self._disk_scsi(info, disk_unit)
-        self._disk_qos(info, extra_specs)
-        return info
-
-    def get_model(self, connection) -> models.RBDImage:
-        """The volume as a tool outside the guest reaches it (Nova's
-        ``get_model``): name, pool and user; the Ceph key of libvirt's
-        secret ``[libvirt] rbd_secret_uuid``, read through ``connection``
-        (a libvirt connection) and base64-encoded, or None without one;
-        the monitors as ``host:port``, an IPv6 host in brackets (libguestfs
-        parses the joined string)."""
-        password = None
-        uuid = self.conf.libvirt.rbd_secret_uuid
-        if uuid:
-            secret = connection.secretLookupByUUIDString(uuid)
-            password = base64.b64encode(secret.value())
-        hosts, ports = self.mon_addrs()
-        servers = [f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
-                   for host, port in zip(hosts, ports)]
-        return models.RBDImage(self.rbd_name, self.pool, self.rbd_user,
-                               password, servers)
-
     # -- snapshots ------------------------------------------------------------
 
     def snapshot_extract(self, target: str, out_format: str) -> None:
@@ -1222,27 +1162,3 @@ class Rbd(image.SelfContained, image.Image):
         with self._connect() as conn:
             self._remove_image(conn, self.pool, name)
         self._import_file(local_file, 'raw', name)
-
-
-def monitors(monmap: dict) -> tuple[list[str], list[str]]:
-    """(hosts, ports) of the monitors in a ``mon dump`` JSON document.
-
-    Nova's parsing: each monitor's legacy ``addr`` (``host:port/nonce``,
-    the msgr1 address that qemu's librbd is given), brackets stripped
-    from IPv6 hosts. A monitor without one falls back to the first of its
-    ``public_addrs``.
-    """
-    hosts, ports = [], []
-    for mon in monmap.get('mons', []):
-        addr = mon.get('addr') or ''
-        if not addr or addr.startswith('0.0.0.0') or addr == '-':
-            vec = (mon.get('public_addrs') or {}).get('addrvec') or []
-            v1 = [a for a in vec if a.get('type') == 'v1'] or vec
-            if not v1:
-                continue
-            addr = v1[0]['addr']
-        host_port = addr.rsplit('/', 1)[0]
-        host, port = host_port.rsplit(':', 1)
-        hosts.append(host.strip('[]'))
-        ports.append(port)
-    return hosts, ports
