@@ -139,6 +139,7 @@ from imagebackend.backends import ceph_connection
 from imagebackend.backends import rbd_driver
 from imagebackend.backends import rbd_libvirt
 from imagebackend.backends import rbd_locations
+from imagebackend.backends import rbd_snapshots
 from imagebackend.backends.ceph_connection import RbdError, _typed
 from imagebackend.backends.rbd_libvirt import monitors  # noqa: F401 (API)
 from imagebackend.backends.rbd_locations import (  # noqa: F401 (API)
@@ -164,7 +165,6 @@ PART_INFIX = '.part-'
 # before its watch expired) fails with "busy" for a while (Nova: 12 x 5 s).
 REMOVE_RETRIES = 30
 REMOVE_RETRY_INTERVAL = 1.0
-READ_CHUNK = 4 * 1024 * 1024
 # Stands, in a plan, for the random part of a name creation would pick.
 RANDOM = '<random>'
 
@@ -193,7 +193,8 @@ def _require_bindings() -> None:
             'bindings are not importable')
 
 
-class Rbd(rbd_libvirt.RbdLibvirt, image.SelfContained, image.Image):
+class Rbd(rbd_libvirt.RbdLibvirt, rbd_snapshots.RbdSnapshots,
+          image.SelfContained, image.Image):
     """A disk that is an RBD image (a clone of a pool base, or a copy)."""
 
     image_type = 'rbd'
@@ -851,69 +852,6 @@ class Rbd(rbd_libvirt.RbdLibvirt, image.SelfContained, image.Image):
         finally:
             fileutils.remove_path(part)
 
-    def export_raw(self, target: str) -> None:
-        """Write what the guest sees into the file ``target`` (raw, holes
-        where nothing is allocated in the disk or its parents)."""
-        extents = []
-
-        def collect(offset, length, exists):
-            if exists:
-                extents.append((offset, length))
-
-        with self._connect() as conn, self._open(conn, read_only=True) as img:
-            size = img.size()
-            img.diff_iterate(0, size, None, collect, include_parent=True,
-                             whole_object=False)
-            with open(target, 'wb') as f:
-                for offset, length in extents:
-                    done = 0
-                    while done < length:
-                        n = min(READ_CHUNK, length - done)
-                        data = img.read(offset + done, n)
-                        if data.count(0) != len(data):
-                            f.seek(offset + done)
-                            f.write(data)
-                        done += n
-                f.truncate(size)
-                f.flush()
-                os.fsync(f.fileno())
-
-    def create_snap(self, name: str) -> None:
-        """Snapshot the disk. An existing snapshot of that name is kept: it
-        is the older, so the right point to go back to."""
-        with self._connect() as conn, self._open(conn) as img:
-            if name in {s['name'] for s in img.list_snaps()}:
-                LOG.info('%s@%s exists; keeping it', self.location, name)
-                return
-            img.create_snap(name)
-
-    def remove_snap(self, name: str, ignore_errors: bool = False) -> None:
-        try:
-            with self._connect() as conn, self._open(conn) as img:
-                if name not in {s['name'] for s in img.list_snaps()}:
-                    return
-                self._remove_snap(img, self.location, name)
-        except (exception.ImageBackendError, rados.Error,
-                librbd.Error) as e:
-            if not ignore_errors:
-                if isinstance(e, exception.ImageBackendError):
-                    raise
-                raise RbdError(operation='snapshot removal',
-                               target=f'{self.location}@{name}',
-                               reason=str(e))
-            LOG.warning('could not remove %s@%s: %s', self.location, name, e)
-
-    def rollback_to_snap(self, name: str) -> None:
-        """Go back to snapshot ``name`` (its data and size). A disk without
-        that snapshot (one that was never grown) is left as it is."""
-        with self._connect() as conn, self._open(conn) as img:
-            if name not in {s['name'] for s in img.list_snaps()}:
-                LOG.debug('%s has no snapshot %s', self.location, name)
-                return
-            img.rollback_to_snap(name)
-            size = img.size()
-        self._update_record(virtual_size=size)
-
     def clone(self, context: Any, image_id_or_uri: str,
               copy_to_store: bool = True,
               image_meta: Mapping[str, Any] | sources.ImageMeta | None = None
@@ -1071,88 +1009,6 @@ class Rbd(rbd_libvirt.RbdLibvirt, image.SelfContained, image.Image):
             interval=libvirt.images_rbd_glance_copy_poll_interval,
             timeout=libvirt.images_rbd_glance_copy_timeout)
         LOG.info('Image %s copied to the rbd store %s', image_id, store)
-
-    def flatten(self) -> None:
-        """Copy the parent's data into the disk so it stands alone."""
-        with self._connect() as conn, self._open(conn) as img:
-            try:
-                parent = '%s/%s@%s' % img.parent_info()
-            except librbd.ImageNotFound:
-                return  # no parent
-            img.flatten()
-        record = self.record
-        if record is not None and record.created:
-            self._update_record(provenance=dict(record.provenance,
-                                                flattened_from=parent))
-
-    def direct_snapshot(self, context: Any, snapshot_name: str,
-                        image_format: str, image_id: str,
-                        base_image_id: str) -> str:
-        """Snapshot the disk straight into the pool of its parent (Glance's,
-        when it was cloned from a location; else this pool) as a flattened
-        image ``<image_id>`` with a protected ``snap``. Returns its
-        ``rbd://fsid/pool/image/snap`` URL."""
-        if image_format != 'raw':
-            raise NotImplementedError(
-                f'direct snapshots are raw; {image_format} was asked for')
-        with self._connect() as conn:
-            with self._open(conn) as img:
-                try:
-                    dest_pool = img.parent_info()[0]
-                except librbd.ImageNotFound:
-                    dest_pool = self.pool
-                img.create_snap(snapshot_name)
-                img.protect_snap(snapshot_name)
-            fsid = conn.fsid
-            source = (f'rbd://{fsid}/{self.pool}/{self.rbd_name}/'
-                      f'{snapshot_name}')
-            dest_ioctx = conn.ioctx(dest_pool)
-            with _typed('direct snapshot', f'{dest_pool}/{image_id}'), \
-                    revert.Reverter() as undo:
-                # Undone newest first: the copy, then the disk's snapshot
-                # (which cannot go while the unflattened copy depends on it).
-                undo.add(lambda: self.cleanup_direct_snapshot(
-                    source, ignore_errors=True))
-                librbd.RBD().clone(conn.ioctx(self.pool), self.rbd_name,
-                                   snapshot_name, dest_ioctx, image_id)
-                undo.add(lambda: self._remove_image(conn, dest_pool,
-                                                    image_id))
-                with librbd.Image(dest_ioctx, image_id) as dest:
-                    dest.flatten()
-                self.cleanup_direct_snapshot(source)
-                with librbd.Image(dest_ioctx, image_id) as dest:
-                    dest.create_snap(BASE_SNAP)
-                    dest.protect_snap(BASE_SNAP)
-        return f'rbd://{fsid}/{dest_pool}/{image_id}/{BASE_SNAP}'
-
-    def cleanup_direct_snapshot(self, location, also_destroy_volume=False,
-                                ignore_errors=False) -> None:
-        """Remove a direct snapshot (and with ``also_destroy_volume`` its
-        image); ``location`` is its URL or Nova's ``{'url': ...}``."""
-        url = location.get('url') if isinstance(location, dict) else location
-        try:
-            fsid, pool, name, snap = parse_location(url)
-        except exception.InvalidInput:
-            return
-        try:
-            with self._connect() as conn:
-                if fsid != conn.fsid:
-                    return
-                ioctx = conn.ioctx(pool)
-                try:
-                    img = librbd.Image(ioctx, name)
-                except librbd.ImageNotFound:
-                    return
-                with img:
-                    if snap in {s['name'] for s in img.list_snaps()}:
-                        self._remove_snap(img, f'{pool}/{name}', snap)
-                if also_destroy_volume:
-                    self._remove_image(conn, pool, name)
-        except (exception.ImageBackendError, rados.Error,
-                librbd.Error) as e:
-            if not ignore_errors:
-                raise
-            LOG.warning('could not clean up %s: %s', url, e)
 
     def import_file(self, instance, local_file: str, remote_name: str):
         """Nova's hook (config drive): ``rbd import`` a local file as
