@@ -18,7 +18,9 @@ disk or per call. :meth:`Cluster.session` lends it for a block of calls.
   holds it, and at interpreter exit for every cluster still open.
 
 :class:`Connection` opens an I/O context per pool on first use; failures
-to reach the cluster are the library's typed BackendUnavailable.
+to reach the cluster are the library's typed BackendUnavailable. A
+librados or librbd call that fails is raised as :class:`RbdError`
+(``_typed``).
 """
 
 from __future__ import annotations

@@ -9,64 +9,13 @@ nothing, and ``is_shared_block_storage()`` is true. The disk's record (in
 the instance directory, travelling with it as ``disks.json``) says where
 it lives; a host whose pool option differs still finds it there.
 
-Native path, root from an image. The image lives in the pool once, as a
-*pool base*: an RBD image named like the image's cache entry (the sha1 of
-its id, never clashing with ``<uuid>_<disk>`` names) holding a protected
-snapshot ``snap`` (Glance's convention). Each disk is a copy-on-write librbd
-clone of ``<pool>/<base>@snap``, then resized if it is to be bigger:
-no download, no import, **no subprocess** per disk once the base exists.
-Which parent is used, in this order, is recorded in the disk's provenance
-(``how``, ``why``, ``parent``):
-
-1. ``clone-of-pool-base``: the pool base exists (made by an earlier disk,
-   on this or any host using the pool).
-2. ``clone-from-location``: the image source lists an
-   ``rbd://<fsid>/<pool>/<image>/<snap>`` location in this cluster (fsid
-   match), the image is declared raw (or iso), and the snapshot is readable:
-   the disk is cloned from Glance's copy directly, nothing is fetched.
-3. ``import``: otherwise the image is fetched into the local cache (which
-   converts it to raw with ``force_raw_images``; if it is still not raw,
-   ``qemu-img convert`` makes a raw temporary copy first) and imported once,
-   under the cache's lock for the entry, with one command:
-   ``rbd import --no-progress --image-format 2 --dest-pool <pool> [--id
-   <user>] [--conf <conf>] <cache file> <base>.part-<random>``; the
-   snapshot is created and protected, metadata (source, sha256, format) set,
-   and only then is the image renamed to ``<base>``: a pool base that exists
-   is always complete, a second host racing to import the same image loses
-   the rename and uses the winner's. Then the disk is cloned as in 1.
-   (``--dest-pool`` is today's spelling of Nova's deprecated ``--pool``.)
-
-Native path, ephemeral and swap (``create_from_func``): the template is made
-once locally in the image cache (``ensure_template``), imported once as the
-pool base named by its cache name, and cloned per disk, as above.
-
-Native path, per-instance content (``create_from_content``: a config
-drive, declared ``keep_template=False``): ``func`` writes it into a
-temporary file in the instance directory, which is ``rbd import``-ed (as
-above) straight as the disk ``<uuid>_<disk name>`` and removed; no pool
-base, no ``_base`` entry, nothing a later disk (a rescue config drive)
-could reuse stale. Nova, on rbd hosts, also imports its config drive
-(``import_file``); in the pool, a live migration with shared storage keeps
-it.
-
-Per disk, once the base is in the pool: 0 commands. librbd/librados calls,
-in-process, on the Backend's one cluster connection (made by its first
-disk, reused by every later one and by every thread:
-:mod:`.ceph_connection`): open of the disk's name (must not exist; again
-for the record keeping's existence check), open of the base
-(read-only, at ``snap``) with its metadata, ``clone``, ``resize`` when
-bigger, ``get_fsid``. The first disk of an image adds the fetch into the
-local cache (0 commands for a raw image, one ``qemu-img convert`` for
-another format) and one ``rbd import`` (+ snapshot create/protect, metadata,
-rename through librbd); a clone from a location adds only the image
-source's ``get_meta`` and an open of the location's snapshot.
-
 Legacy path (Nova's ``Rbd.create_image``, used by ``cache()`` and so by the
 shim): if the RBD image does not exist, the template is prepared in
 ``_base`` and ``rbd import``-ed as the disk itself (a full copy, no clone),
 its size verified and grown. ``cache()`` records it like any other disk.
 
-Everything else a Ceph disk needs lives here, not in the driver: ``exists``
+Everything else a Ceph disk needs lives in this class (its parts are
+listed below), not in the driver: ``exists``
 and sizes through librbd; ``resize_image`` through librbd (grow only);
 ``remove_disk`` removes the image and its snapshots, idempotently;
 ``libvirt_info`` renders a network ``<disk>`` (protocol rbd, monitors from
@@ -75,17 +24,6 @@ from ``rbd_user``/``rbd_secret_uuid``); and Nova's hooks ``create_snap``,
 ``remove_snap``, ``rollback_to_snap`` (the ``nova-resize`` snapshot the
 migration flows keep), ``clone``, ``flatten``, ``direct_snapshot``,
 ``cleanup_direct_snapshot`` and ``import_file``.
-
-Nova's ``clone(context, image_id, copy_to_store=True, image_meta=None)``
-(its driver's ``clone_fallback_to_fetch``) clones from the locations in the
-caller's image metadata (Nova's ``IMAGE_API.get(..., include_locations=
-True)`` dict; without it the image source's) with the rules of 2. above;
-when it cannot, it raises ``CloneNotPossible``, an ImageUnacceptable: the
-caller downloads the image instead. With ``[libvirt]
-images_rbd_glance_store_name`` set it first asks the image source (a
-:class:`~imagebackend.sources.StoreCopier`) to copy the image into this
-cluster's Glance store, waits for it (``copy_to_store``) and tries once
-more. Metadata shapes and the wait are in :mod:`.rbd_locations`.
 
 ``disk.driver`` is Nova's ``image.driver`` (an ``RBDDriver``): the same
 method names over this disk's Ceph access (:mod:`.rbd_driver`); ``exists``
@@ -99,18 +37,17 @@ the disk is exported through librbd instead: its allocated extents are read
 into a sparse raw file next to the target, which is the result for raw or
 is converted by ``qemu-img convert -f raw``.
 
-Creation is all-or-nothing: the disk's record is ``creating`` until the
-clone (and resize) are done; on failure the RBD image is removed with its
-record, and a half-imported pool base (``<base>.part-*``) is removed too.
+The class is put together from one module per part of that story:
 
-The record's ``backing`` stays empty: that field names a cache entry on a
-host, and an Rbd disk needs none (the local copy used for an import may be
-aged out by the cache manager). The parent snapshot is in the provenance.
-Pool bases are not removed here when their last clone goes (Ceph refuses
-while clones exist); like ``_base`` files they outlive their disks.
-``<auth>`` is written only with ``rbd_secret_uuid`` (username from
-``rbd_user``): Nova also set the secret type for ``rbd_user`` alone, but
-libvirt cannot authenticate without a secret's uuid.
+* :mod:`.rbd_create`: native creation (pool bases, clones, imports);
+* :mod:`.rbd_plans`: what native creation would do (``plan_create``);
+* :mod:`.rbd_clone`: Nova's ``clone`` from an image's locations and the
+  Glance store copy;
+* :mod:`.rbd_libvirt`: the network ``<disk>``, ``get_model``, monitors;
+* :mod:`.rbd_snapshots`: snapshots, the raw export, direct snapshots;
+* :mod:`.rbd_driver`: ``disk.driver``, Nova's ``RBDDriver`` names;
+* :mod:`.ceph_connection`: the Backend's cluster connection, RbdError;
+* :mod:`.rbd_locations`: image metadata, rbd:// locations and paths.
 """
 
 from __future__ import annotations

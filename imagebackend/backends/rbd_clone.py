@@ -1,4 +1,17 @@
-"""Rbd's clone of an image from its locations, and Glance's store copy."""
+"""Rbd's clone of an image from its locations, and Glance's store copy.
+
+Nova's ``clone(context, image_id, copy_to_store=True, image_meta=None)``
+(its driver's ``clone_fallback_to_fetch``) clones from the locations in the
+caller's image metadata (Nova's ``IMAGE_API.get(..., include_locations=
+True)`` dict; without it the image source's) with the rules of 2. in
+:mod:`.rbd_create`;
+when it cannot, it raises ``CloneNotPossible``, an ImageUnacceptable: the
+caller downloads the image instead. With ``[libvirt]
+images_rbd_glance_store_name`` set it first asks the image source (a
+:class:`~imagebackend.sources.StoreCopier`) to copy the image into this
+cluster's Glance store, waits for it (``copy_to_store``) and tries once
+more. Metadata shapes and the wait are in :mod:`.rbd_locations`.
+"""
 
 from __future__ import annotations
 

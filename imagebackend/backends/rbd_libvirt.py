@@ -1,4 +1,14 @@
-"""Rbd disks as libvirt and tools outside the guest reach them."""
+"""Rbd disks as libvirt and tools outside the guest reach them.
+
+``libvirt_info`` renders a network ``<disk>`` (protocol rbd, the monitors
+from the cluster's monmap, read in-process by ``mon_addrs``: Nova ran
+``ceph mon dump``); ``get_model`` describes the volume for a tool outside
+the guest (libguestfs).
+
+``<auth>`` is written only with ``rbd_secret_uuid`` (username from
+``rbd_user``): Nova also set the secret type for ``rbd_user`` alone, but
+libvirt cannot authenticate without a secret's uuid.
+"""
 
 from __future__ import annotations
 

@@ -24,6 +24,11 @@ schema).
 When an image cannot be cloned, :class:`CloneNotPossible` says so: an
 :class:`~imagebackend.exception.ImageUnacceptable`, Nova's signal for "fetch
 the image instead" (its driver's ``clone_fallback_to_fetch`` catches it).
+
+Images are addressed as ``rbd://<fsid>/<pool>/<image>/<snap>`` locations
+(:func:`parse_location`) and ``rbd:<pool>/<name>`` paths
+(:func:`parse_path`); ``BASE_SNAP`` is Glance's snapshot name, which pool
+bases use too.
 """
 
 from __future__ import annotations

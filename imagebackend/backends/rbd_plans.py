@@ -1,4 +1,9 @@
-"""What creating an Rbd disk would do, nothing done (its plan)."""
+"""What creating an Rbd disk would do, nothing done (its plan).
+
+``plan_create`` lists, step by step, what ``create_from_image``,
+``create_from_func`` and ``create_from_content`` (:mod:`.rbd_create`)
+would do: Ceph is read, never written.
+"""
 
 from __future__ import annotations
 

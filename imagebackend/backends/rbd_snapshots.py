@@ -1,4 +1,12 @@
-"""Rbd disks' snapshots, raw export and direct snapshots."""
+"""Rbd disks' snapshots, raw export and direct snapshots.
+
+Nova's hooks: ``create_snap``, ``remove_snap`` and ``rollback_to_snap``
+(the ``nova-resize`` snapshot the migration flows keep); ``flatten``;
+``direct_snapshot``, a snapshot straight into the pool of the disk's
+parent as a flattened image, and ``cleanup_direct_snapshot``.
+``export_raw`` writes what the guest sees into a sparse raw file: how
+``snapshot_extract`` reads a disk when qemu-img has no rbd driver.
+"""
 
 from __future__ import annotations
 
