@@ -20,7 +20,7 @@ disk or per call. :meth:`Cluster.session` lends it for a block of calls.
 :class:`Connection` opens an I/O context per pool on first use; failures
 to reach the cluster are the library's typed BackendUnavailable. A
 librados or librbd call that fails is raised as :class:`RbdError`
-(``_typed``).
+(:func:`typed`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class RbdError(exception.ImageBackendError):
 
 
 @contextlib.contextmanager
-def _typed(operation: str, target: str) -> Iterator[None]:
+def typed(operation: str, target: str) -> Iterator[None]:
     """Raise librados/librbd errors as :class:`RbdError`."""
     try:
         yield

@@ -13,7 +13,7 @@ from imagebackend import exception
 from imagebackend import formats
 from imagebackend import names
 from imagebackend import plans
-from imagebackend.backends.ceph_connection import _typed
+from imagebackend.backends.ceph_connection import typed
 from imagebackend.backends.rbd_create import (
     META_FORMAT, META_SHA256, META_SOURCE, PART_INFIX)
 from imagebackend.backends.rbd_locations import BASE_SNAP
@@ -37,7 +37,7 @@ class RbdPlans:
         bound: ``rbd import`` skips zeroes)."""
         try:
             with self._connect() as conn:
-                with _typed('plan', self.location):
+                with typed('plan', self.location):
                     self._refuse_existing(conn)
                     if source_type == 'content':
                         names.check_cache_name(source_id)

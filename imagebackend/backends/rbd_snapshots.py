@@ -16,7 +16,7 @@ from typing import Any
 
 from imagebackend import exception
 from imagebackend import revert
-from imagebackend.backends.ceph_connection import RbdError, _typed
+from imagebackend.backends.ceph_connection import RbdError, typed
 from imagebackend.backends.rbd_locations import BASE_SNAP, parse_location
 
 try:  # Debian's python3-rados / python3-rbd (real-backends.md section 4)
@@ -133,7 +133,7 @@ class RbdSnapshots:
             source = (f'rbd://{fsid}/{self.pool}/{self.rbd_name}/'
                       f'{snapshot_name}')
             dest_ioctx = conn.ioctx(dest_pool)
-            with _typed('direct snapshot', f'{dest_pool}/{image_id}'), \
+            with typed('direct snapshot', f'{dest_pool}/{image_id}'), \
                     revert.Reverter() as undo:
                 # Undone newest first: the copy, then the disk's snapshot
                 # (which cannot go while the unflattened copy depends on it).
