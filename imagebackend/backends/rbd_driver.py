@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 from imagebackend import exception
 from imagebackend.backends import rbd_locations
+from imagebackend.backends.ceph_connection import RbdError, typed
 
 try:  # Debian's python3-rados / python3-rbd
     import rados
@@ -91,9 +92,8 @@ class RbdDriver:
     def parse_url(url: str) -> list[str]:
         """``rbd://fsid/pool/image/snap`` -> [fsid, pool, image, snap];
         ImageUnacceptable otherwise (Nova's)."""
-        from imagebackend.backends import rbd as rbd_mod   # rbd imports us
         try:
-            return list(rbd_mod.parse_location(url))
+            return list(rbd_locations.parse_location(url))
         except exception.InvalidInput as e:
             raise exception.ImageUnacceptable(image_id=url, reason=str(e))
 
@@ -135,10 +135,9 @@ class RbdDriver:
                 # The name was free: whatever is there now is ours.
                 with contextlib.suppress(Exception):
                     self._disk._remove_image(conn, dest_pool, dest_name)
-                from imagebackend.backends import rbd as rbd_mod
-                raise rbd_mod.RbdError(operation='clone',
-                                       target=f'{pool}/{image}@{snap}',
-                                       reason=str(e))
+                raise RbdError(operation='clone',
+                               target=f'{pool}/{image}@{snap}',
+                               reason=str(e))
 
     # -- images by name -------------------------------------------------------
 
@@ -153,7 +152,7 @@ class RbdDriver:
                                    read_only=read_only)
             except librbd.ImageNotFound:
                 raise exception.DiskNotFound(location=f'{pool}/{name}')
-            with img, _typed('use', f'{pool}/{name}'):
+            with img, typed('use', f'{pool}/{name}'):
                 yield img
 
     def exists(self, name: str, pool: str | None = None,
@@ -208,7 +207,7 @@ class RbdDriver:
     def cleanup_volumes(self, filter_fn: Callable[[str], bool]) -> None:
         """Remove every image of the pool ``filter_fn`` accepts."""
         with self._disk._connect() as conn:
-            with _typed('listing', self.pool):
+            with typed('listing', self.pool):
                 names = librbd.RBD().list(conn.ioctx(self.pool))
             for name in filter(filter_fn, names):
                 self._disk._remove_image(conn, self.pool, name)
@@ -247,13 +246,3 @@ class RbdDriver:
                                        snapshot=name)
             img.rollback_to_snap(name)
 
-
-@contextlib.contextmanager
-def _typed(operation: str, target: str) -> Iterator[None]:
-    """librados/librbd errors as the library's RbdError."""
-    try:
-        yield
-    except (rados.Error, librbd.Error) as e:
-        from imagebackend.backends import rbd as rbd_mod
-        raise rbd_mod.RbdError(operation=operation, target=target,
-                               reason=str(e))
