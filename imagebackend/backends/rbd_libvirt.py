@@ -25,8 +25,6 @@ class RbdLibvirt:
     """An Rbd disk's network ``<disk>``, its model and its cluster's
     monitors (a part of :class:`~imagebackend.backends.rbd.Rbd`)."""
 
-    # -- libvirt --------------------------------------------------------------
-
     def mon_addrs(self) -> tuple[list[str], list[str]]:
         """(hosts, ports) of the cluster's monitors, from its monmap (read
         in-process: Nova ran ``ceph mon dump --format=json``)."""

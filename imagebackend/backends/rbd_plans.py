@@ -26,15 +26,13 @@ class RbdPlans:
     """The plan of an Rbd disk's native creation (a part of
     :class:`~imagebackend.backends.rbd.Rbd`)."""
 
-    # -- plans (what creation would do, nothing done) --------------------------
-
     def plan_create(self, source_type, source_id, func, size):
         """What create_from_image / create_from_func / create_from_content
-        above would do. Ceph is read (does the disk, the pool base, an
-        rbd:// location of the image exist), never written. librbd calls
-        are in-process steps; ``rbd import`` and ``qemu-img convert`` are
-        commands. Bytes imported into the pool count as written (an upper
-        bound: ``rbd import`` skips zeroes)."""
+        (:mod:`.rbd_create`) would do. Ceph is read (does the disk, the
+        pool base, an rbd:// location of the image exist), never written.
+        librbd calls are in-process steps; ``rbd import`` and ``qemu-img
+        convert`` are commands. Bytes imported into the pool count as
+        written (an upper bound: ``rbd import`` skips zeroes)."""
         try:
             with self._connect() as conn:
                 with typed('plan', self.location):
