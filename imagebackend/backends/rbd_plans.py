@@ -13,6 +13,7 @@ from imagebackend import exception
 from imagebackend import formats
 from imagebackend import names
 from imagebackend import plans
+from imagebackend import qemu
 from imagebackend.backends.ceph_connection import typed
 from imagebackend.backends.rbd_create import (
     META_FORMAT, META_SHA256, META_SOURCE, PART_INFIX)
@@ -121,8 +122,8 @@ class RbdPlans:
             tmp = f'{local}.raw{names.PART_SUFFIX}'
             steps.append(plans.Step(
                 f'convert {local} ({fmt}) to a raw temporary copy',
-                command=('qemu-img', 'convert', '-q', '-f', fmt, '-O',
-                         'raw', local, tmp), write_bytes=nbytes or 0))
+                command=qemu.convert_command(local, fmt, tmp, 'raw'),
+                write_bytes=nbytes or 0))
             local = tmp
         steps.append(plans.Step(
             f'import {local} into the pool as {self.pool}/{name}',
