@@ -79,11 +79,8 @@ from imagebackend.backends.rbd_locations import (  # noqa: F401 (API)
     parse_location, parse_path)
 from imagebackend.backends.rbd_plans import RANDOM  # noqa: F401
 
-try:  # Debian's python3-rados / python3-rbd (real-backends.md section 4)
-    import rados
-    import rbd as librbd
-except ImportError:  # pragma: no cover - checked when a disk is used
-    rados = librbd = None
+# The optional bindings (None where not installed), imported once.
+from imagebackend.backends.ceph_connection import librbd, rados
 
 LOG = logging.getLogger(__name__)
 

@@ -26,11 +26,8 @@ from imagebackend.backends import rbd_locations
 from imagebackend.backends.rbd_locations import (
     CloneNotPossible, StoreCopyFailed, parse_location)
 
-try:  # Debian's python3-rados / python3-rbd (real-backends.md section 4)
-    import rados
-    import rbd as librbd
-except ImportError:  # pragma: no cover - checked when a disk is used
-    rados = librbd = None
+# The optional bindings (None where not installed), imported once.
+from imagebackend.backends.ceph_connection import librbd, rados
 
 LOG = logging.getLogger(__name__)
 

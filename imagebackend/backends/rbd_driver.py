@@ -34,11 +34,8 @@ from imagebackend import exception
 from imagebackend.backends import rbd_locations
 from imagebackend.backends.ceph_connection import RbdError, typed
 
-try:  # Debian's python3-rados / python3-rbd
-    import rados
-    import rbd as librbd
-except ImportError:  # pragma: no cover - the disk checks when connecting
-    rados = librbd = None
+# The optional bindings (None where not installed), imported once.
+from imagebackend.backends.ceph_connection import librbd, rados
 
 
 class SnapshotNotFound(exception.ImageBackendError):

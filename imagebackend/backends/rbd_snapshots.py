@@ -19,11 +19,8 @@ from imagebackend import revert
 from imagebackend.backends.ceph_connection import RbdError, typed
 from imagebackend.backends.rbd_locations import BASE_SNAP, parse_location
 
-try:  # Debian's python3-rados / python3-rbd (real-backends.md section 4)
-    import rados
-    import rbd as librbd
-except ImportError:  # pragma: no cover - checked when a disk is used
-    rados = librbd = None
+# The optional bindings (None where not installed), imported once.
+from imagebackend.backends.ceph_connection import librbd, rados
 
 LOG = logging.getLogger(__name__)
 
