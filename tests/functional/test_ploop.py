@@ -23,6 +23,7 @@ from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import formats
 from imagebackend import names
+from imagebackend import parallels
 from imagebackend import processes
 from imagebackend import shim
 from imagebackend import transport as transport_mod
@@ -76,7 +77,7 @@ def assert_tool_accepts(disk, tmp_path) -> None:
     """The real ploop tool opens the disk through its descriptor, and the
     image passes its own check."""
     listing = ploop('snapshot-list', disk.descriptor_path).stdout
-    assert ploop_mod.TOP_GUID in listing
+    assert parallels.TOP_GUID in listing
     assert disk.data_path in listing
     size = disk.descriptor().virtual_size
     if disk.ploop_format == 'expanded':

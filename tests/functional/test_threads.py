@@ -40,6 +40,7 @@ from imagebackend import disk_info
 from imagebackend import exception
 from imagebackend import fileutils
 from imagebackend import names
+from imagebackend import parallels
 from imagebackend import processes
 from imagebackend import sources
 from imagebackend import records as records_mod
@@ -273,7 +274,7 @@ def _check_ploop(path: str, record) -> None:
     assert info['virtual-size'] == record.virtual_size
     listing = run('ploop', 'snapshot-list',
                   os.path.join(path, ploop_mod.DESCRIPTOR))
-    assert ploop_mod.TOP_GUID in listing
+    assert parallels.TOP_GUID in listing
 
 
 # Ploop runs the ploop tool: run this file under flock /tmp/ib-heavy.lock.

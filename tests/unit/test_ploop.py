@@ -14,7 +14,7 @@ import pytest
 
 from imagebackend import exception
 from imagebackend import formats
-from imagebackend.backends import ploop
+from imagebackend import parallels
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -58,7 +58,7 @@ TOOL_64M = '''<?xml version="1.0"?>
     (1, MiB), (MiB, MiB), (MiB + 1, 2 * MiB), (64 * MiB + 4096, 65 * MiB),
     (GiB, GiB)])
 def test_round_size(size, rounded):
-    assert ploop.round_size(size) == rounded
+    assert parallels.round_size(size) == rounded
 
 
 # (MiB, cylinders, heads, sectors) from the real tool's descriptors.
@@ -71,39 +71,39 @@ TOOL_CHS = [(1, 4, 16, 32), (3, 12, 16, 32), (64, 256, 16, 32),
 
 @pytest.mark.parametrize('mib, cylinders, heads, sectors', TOOL_CHS)
 def test_chs_as_the_tool_computes_it(mib, cylinders, heads, sectors):
-    assert ploop.chs(mib * 2048) == (cylinders, heads, sectors)
+    assert parallels.chs(mib * 2048) == (cylinders, heads, sectors)
 
 
 def test_chs_pure_lba_for_odd_sizes():
-    assert ploop.chs(131073) == (131073, 1, 1)
-    assert ploop.chs(63) == (63, 1, 1)  # one track, no head count fits
-    assert ploop.chs(63 * 16) == (1, 16, 63)
+    assert parallels.chs(131073) == (131073, 1, 1)
+    assert parallels.chs(63) == (63, 1, 1)  # one track, no head count fits
+    assert parallels.chs(63 * 16) == (1, 16, 63)
 
 
 # -- the descriptor ------------------------------------------------------------
 
 def test_writer_is_byte_identical_to_the_tool():
-    d = ploop.Descriptor(disk_size=131072, ploop_format='raw')
+    d = parallels.Descriptor(disk_size=131072, ploop_format='raw')
     assert d.to_xml() == TOOL_64M
     assert d.virtual_size == 64 * MiB
 
 
 def test_expanded_descriptor():
-    d = ploop.Descriptor(disk_size=2 * 2097152, ploop_format='expanded',
-                         blocksize=2048)
+    d = parallels.Descriptor(disk_size=2 * 2097152, ploop_format='expanded',
+                             blocksize=2048)
     text = d.to_xml()
     assert '<Type>Compressed</Type>' in text
     assert '<Disk_size>4194304</Disk_size>' in text
     assert '<End>4194304</End>' in text
     assert '<ParentGUID>{00000000-0000-0000-0000-000000000000}' in text
-    assert ploop.Descriptor.from_xml(text) == d
+    assert parallels.Descriptor.from_xml(text) == d
 
 
 def test_parse_the_tools_descriptor():
-    d = ploop.Descriptor.from_xml(TOOL_64M)
+    d = parallels.Descriptor.from_xml(TOOL_64M)
     assert (d.disk_size, d.ploop_format, d.blocksize, d.file) == (
         131072, 'raw', 2048, 'root.hds')
-    assert ploop.Descriptor.from_xml(TOOL_64M.encode()) == d
+    assert parallels.Descriptor.from_xml(TOOL_64M.encode()) == d
 
 
 def _edit(old, new):
@@ -137,29 +137,29 @@ SNAPSHOT = '''      <Image>
 ])
 def test_parser_refuses(text, reason):
     with pytest.raises(ValueError, match=reason):
-        ploop.Descriptor.from_xml(text)
+        parallels.Descriptor.from_xml(text)
 
 
 def test_descriptor_refuses_unknown_format():
     with pytest.raises(ValueError):
-        ploop.Descriptor(disk_size=2048, ploop_format='ploop1')
+        parallels.Descriptor(disk_size=2048, ploop_format='ploop1')
 
 
 def test_write_and_read_descriptor(tmp_path):
-    d = ploop.Descriptor(disk_size=2048 * 5, ploop_format='expanded')
-    ploop.write_descriptor(str(tmp_path), d)
+    d = parallels.Descriptor(disk_size=2048 * 5, ploop_format='expanded')
+    parallels.write_descriptor(str(tmp_path), d)
     assert sorted(os.listdir(tmp_path)) == ['DiskDescriptor.xml']
-    assert ploop.read_descriptor(str(tmp_path)) == d
+    assert parallels.read_descriptor(str(tmp_path)) == d
 
 
 def test_read_descriptor_wants_root_hds(tmp_path):
-    ploop.write_descriptor(str(tmp_path), ploop.Descriptor(
+    parallels.write_descriptor(str(tmp_path), parallels.Descriptor(
         disk_size=2048, ploop_format='raw', file='other.hds'))
     with pytest.raises(exception.CorruptRecord, match='other.hds'):
-        ploop.read_descriptor(str(tmp_path))
+        parallels.read_descriptor(str(tmp_path))
     (tmp_path / 'DiskDescriptor.xml').write_text('<broken')
     with pytest.raises(exception.CorruptRecord, match='not XML'):
-        ploop.read_descriptor(str(tmp_path))
+        parallels.read_descriptor(str(tmp_path))
 
 
 # -- the parallels header --------------------------------------------------------
@@ -298,12 +298,12 @@ def test_finish_expanded_fills_holes_and_sets_flags(tmp_path):
     assert formats.read_parallels_header(path).flags == 0
     with open(path, 'rb') as f:
         before = f.read()
-    header = ploop.finish_expanded(path)
+    header = parallels.finish_expanded(path)
     with open(path, 'rb') as f:
         assert f.read() == before  # the bytes are the same...
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert ploop._unallocated(fd, os.path.getsize(path)) == []
+        assert parallels._unallocated(fd, os.path.getsize(path)) == []
     finally:
         os.close(fd)
     assert header.flags == 0  # a cluster is allocated: not empty
@@ -311,14 +311,14 @@ def test_finish_expanded_fills_holes_and_sets_flags(tmp_path):
 
 def test_finish_expanded_marks_empty_image(tmp_path):
     path = make_parallels(str(tmp_path / 'p'), 64 * MiB)
-    header = ploop.finish_expanded(path)
+    header = parallels.finish_expanded(path)
     assert header.flags & formats.PARALLELS_EMPTY
     assert formats.read_parallels_header(path).flags == \
         formats.PARALLELS_EMPTY
     # ...and clears it again once a cluster is allocated.
     path = make_parallels(str(tmp_path / 'q'), 64 * MiB, {0: b'x'},
                           flags=formats.PARALLELS_EMPTY)
-    assert ploop.finish_expanded(path).flags == 0
+    assert parallels.finish_expanded(path).flags == 0
     assert formats.read_parallels_header(path).flags == 0
 
 
@@ -326,7 +326,7 @@ def test_finish_expanded_refuses_other_files(tmp_path):
     path = tmp_path / 'raw'
     path.write_bytes(bytes(MiB))
     with pytest.raises(exception.CorruptRecord):
-        ploop.finish_expanded(str(path))
+        parallels.finish_expanded(str(path))
 
 
 def test_unallocated_sees_holes_and_fallocated_ranges(tmp_path):
@@ -339,7 +339,7 @@ def test_unallocated_sees_holes_and_fallocated_ranges(tmp_path):
     fd = os.open(path, os.O_RDWR)
     try:
         os.posix_fallocate(fd, 3 * MiB, MiB)  # unwritten extent at the end
-        ranges = ploop._unallocated(fd, os.fstat(fd).st_size)
+        ranges = parallels._unallocated(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
     # /tmp here is ext4 (FIEMAP): the fallocated MiB counts as unallocated.
