@@ -6,21 +6,21 @@ not reference anything outside themselves.
 
 oslo's format_inspector knows no Parallels/ploop image, so that one format
 (Glance's ``ploop``, qemu's ``parallels``) is recognised here by its header
-(:func:`parallels_header`).
+(:func:`imagebackend.parallels.parallels_header`).
 """
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import os
-import struct
-import sys
 
 from oslo_utils.imageutils import format_inspector
 
 from imagebackend import exception
 from imagebackend import qcow2_check
+from imagebackend.parallels import (PARALLELS_HEADER_SIZE, ParallelsHeader,
+                                    parallels_header, read_parallels_bat,
+                                    read_parallels_header)
 
 # Formats whose content is a plain block device image as far as the guest
 # is concerned (Nova treats iso as raw after inspection).
@@ -223,101 +223,6 @@ class SizeProbe:
 
 
 # -- Parallels / ploop ----------------------------------------------------------
-#
-# The header (QEMU docs/interop/parallels.rst; ploop's include/ploop1_image.h),
-# 64 bytes, little endian:
-#    0  magic[16]     'WithoutFreeSpace' (v1) or 'WithouFreSpacExt' (v2)
-#   16  version u32   2
-#   20  heads u32     24  cylinders u32
-#   28  tracks u32    the cluster size in 512-byte sectors (2048: 1 MiB)
-#   32  bat_entries u32
-#   36  nb_sectors u64  the virtual size in sectors (v1: low 32 bits only)
-#   44  inuse u32     0x746F6E59 while an image is open for writing
-#   48  data_off u32  first data sector (0: right after the BAT)
-#   52  flags u32     bit 0: empty image (no cluster allocated)
-#   56  ext_off u64   v2 format-extension cluster (0: none)
-# followed by the BAT: ``bat_entries`` u32 offsets of the data clusters,
-# in sectors (v1) or in clusters (v2); 0 = not allocated (reads as zeros).
-# A parallels image has no backing file and refers to nothing outside
-# itself; what can be wrong with one is a header that does not describe it.
-
-PARALLELS_MAGICS = {b'WithoutFreeSpace': 1, b'WithouFreSpacExt': 2}
-PARALLELS_INUSE = 0x746F6E59
-PARALLELS_EMPTY = 0x1
-_PARALLELS = struct.Struct('<16sIIIIIQIIIQ')
-PARALLELS_HEADER_SIZE = _PARALLELS.size  # 64
-PARALLELS_FLAGS_OFFSET = 52
-
-
-@dataclasses.dataclass(frozen=True)
-class ParallelsHeader:
-    magic: bytes
-    version: int
-    heads: int
-    cylinders: int
-    cluster_sectors: int
-    bat_entries: int
-    nb_sectors: int
-    inuse: int
-    data_off: int
-    flags: int
-    ext_off: int
-
-    @property
-    def magic_version(self) -> int:
-        """1 for ``WithoutFreeSpace``, 2 for ``WithouFreSpacExt``."""
-        return PARALLELS_MAGICS[self.magic]
-
-    @property
-    def virtual_size(self) -> int:
-        return self.nb_sectors * 512
-
-    @property
-    def cluster_size(self) -> int:
-        return self.cluster_sectors * 512
-
-    @property
-    def data_offset(self) -> int:
-        """Byte offset of the first data cluster."""
-        if self.data_off:
-            return self.data_off * 512
-        return PARALLELS_HEADER_SIZE + 4 * self.bat_entries
-
-    def cluster_offset(self, entry: int) -> int:
-        """Byte offset of the data cluster a BAT entry points at."""
-        unit = 512 if self.magic_version == 1 else self.cluster_size
-        return entry * unit
-
-
-def parallels_header(data: bytes) -> ParallelsHeader | None:
-    """The header at the start of ``data``, or None if it is not one."""
-    if len(data) < PARALLELS_HEADER_SIZE or \
-            bytes(data[:16]) not in PARALLELS_MAGICS:
-        return None
-    fields = list(_PARALLELS.unpack_from(data))
-    if fields[0] == b'WithoutFreeSpace':
-        fields[6] &= 0xffffffff  # v1: a 32-bit size, then an unused word
-    return ParallelsHeader(*fields)
-
-
-def read_parallels_header(path: str) -> ParallelsHeader | None:
-    with open(path, 'rb') as f:
-        return parallels_header(f.read(PARALLELS_HEADER_SIZE))
-
-
-def read_parallels_bat(path: str, header: ParallelsHeader) -> array.array:
-    """The BAT entries (u32) of a parallels image."""
-    bat = array.array('I')
-    with open(path, 'rb') as f:
-        f.seek(PARALLELS_HEADER_SIZE)
-        data = f.read(4 * header.bat_entries)
-    if len(data) != 4 * header.bat_entries:
-        raise ValueError('the BAT lies past the end of the file')
-    bat.frombytes(data)
-    if sys.byteorder != 'little':
-        bat.byteswap()
-    return bat
-
 
 def _inspect_parallels(path: str, header: ParallelsHeader, image_id: str,
                        check_safety: bool) -> Inspection:

@@ -1,11 +1,13 @@
-"""Parallels / ploop images on disk: the descriptor, and expanded images as
-ploop wants them at rest.
+"""Parallels / ploop images on disk: the image header, the descriptor, and
+expanded images as ploop wants them at rest.
 
 A ploop disk is a directory holding its image, ``root.hds``, and the
 ``DiskDescriptor.xml`` ploop opens it through. The image is in one of
 ploop's two formats (Nova's ``pcs_format`` names them): ``raw`` ("Plain" in
 the descriptor), a raw file, or ``expanded`` ("Compressed"), ploop's sparse
-format, which is qemu's ``parallels`` format byte for byte.
+format, which is qemu's ``parallels`` format byte for byte. Its header
+(:class:`ParallelsHeader`) is also how :mod:`imagebackend.formats`
+recognises a parallels image, which oslo's format_inspector does not know.
 
 An expanded disk's descriptor is written by this module
 (:class:`Descriptor`), with exactly the elements and values ploop
@@ -25,16 +27,17 @@ does what, is :mod:`imagebackend.backends.ploop`.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import fcntl
 import os
 import re
 import struct
+import sys
 import xml.etree.ElementTree as ET
 
 from imagebackend import exception
 from imagebackend import fileutils
-from imagebackend import formats
 
 DESCRIPTOR = 'DiskDescriptor.xml'
 DATA = 'root.hds'
@@ -54,6 +57,103 @@ _PLAIN_NAME = re.compile(r'[A-Za-z0-9._-]{1,255}')
 def round_size(size: int) -> int:
     """``size`` rounded up to whole ploop clusters (1 MiB)."""
     return -(-int(size) // CLUSTER) * CLUSTER
+
+
+# -- the image header ------------------------------------------------------------
+#
+# The header (QEMU docs/interop/parallels.rst; ploop's include/ploop1_image.h),
+# 64 bytes, little endian:
+#    0  magic[16]     'WithoutFreeSpace' (v1) or 'WithouFreSpacExt' (v2)
+#   16  version u32   2
+#   20  heads u32     24  cylinders u32
+#   28  tracks u32    the cluster size in 512-byte sectors (2048: 1 MiB)
+#   32  bat_entries u32
+#   36  nb_sectors u64  the virtual size in sectors (v1: low 32 bits only)
+#   44  inuse u32     0x746F6E59 while an image is open for writing
+#   48  data_off u32  first data sector (0: right after the BAT)
+#   52  flags u32     bit 0: empty image (no cluster allocated)
+#   56  ext_off u64   v2 format-extension cluster (0: none)
+# followed by the BAT: ``bat_entries`` u32 offsets of the data clusters,
+# in sectors (v1) or in clusters (v2); 0 = not allocated (reads as zeros).
+# A parallels image has no backing file and refers to nothing outside
+# itself; what can be wrong with one is a header that does not describe it.
+
+PARALLELS_MAGICS = {b'WithoutFreeSpace': 1, b'WithouFreSpacExt': 2}
+PARALLELS_INUSE = 0x746F6E59
+PARALLELS_EMPTY = 0x1
+_PARALLELS = struct.Struct('<16sIIIIIQIIIQ')
+PARALLELS_HEADER_SIZE = _PARALLELS.size  # 64
+PARALLELS_FLAGS_OFFSET = 52
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelsHeader:
+    magic: bytes
+    version: int
+    heads: int
+    cylinders: int
+    cluster_sectors: int
+    bat_entries: int
+    nb_sectors: int
+    inuse: int
+    data_off: int
+    flags: int
+    ext_off: int
+
+    @property
+    def magic_version(self) -> int:
+        """1 for ``WithoutFreeSpace``, 2 for ``WithouFreSpacExt``."""
+        return PARALLELS_MAGICS[self.magic]
+
+    @property
+    def virtual_size(self) -> int:
+        return self.nb_sectors * 512
+
+    @property
+    def cluster_size(self) -> int:
+        return self.cluster_sectors * 512
+
+    @property
+    def data_offset(self) -> int:
+        """Byte offset of the first data cluster."""
+        if self.data_off:
+            return self.data_off * 512
+        return PARALLELS_HEADER_SIZE + 4 * self.bat_entries
+
+    def cluster_offset(self, entry: int) -> int:
+        """Byte offset of the data cluster a BAT entry points at."""
+        unit = 512 if self.magic_version == 1 else self.cluster_size
+        return entry * unit
+
+
+def parallels_header(data: bytes) -> ParallelsHeader | None:
+    """The header at the start of ``data``, or None if it is not one."""
+    if len(data) < PARALLELS_HEADER_SIZE or \
+            bytes(data[:16]) not in PARALLELS_MAGICS:
+        return None
+    fields = list(_PARALLELS.unpack_from(data))
+    if fields[0] == b'WithoutFreeSpace':
+        fields[6] &= 0xffffffff  # v1: a 32-bit size, then an unused word
+    return ParallelsHeader(*fields)
+
+
+def read_parallels_header(path: str) -> ParallelsHeader | None:
+    with open(path, 'rb') as f:
+        return parallels_header(f.read(PARALLELS_HEADER_SIZE))
+
+
+def read_parallels_bat(path: str, header: ParallelsHeader) -> array.array:
+    """The BAT entries (u32) of a parallels image."""
+    bat = array.array('I')
+    with open(path, 'rb') as f:
+        f.seek(PARALLELS_HEADER_SIZE)
+        data = f.read(4 * header.bat_entries)
+    if len(data) != 4 * header.bat_entries:
+        raise ValueError('the BAT lies past the end of the file')
+    bat.frombytes(data)
+    if sys.byteorder != 'little':
+        bat.byteswap()
+    return bat
 
 
 # -- DiskDescriptor.xml ----------------------------------------------------------
@@ -284,7 +384,7 @@ def _unallocated(fd: int, size: int) -> list[tuple[int, int]]:
     return found
 
 
-def finish_expanded(path: str) -> formats.ParallelsHeader:
+def finish_expanded(path: str) -> ParallelsHeader:
     """Make a qemu-written parallels file an image ploop accepts at rest.
 
     ploop allocates every byte of an image's header cluster and data
@@ -294,7 +394,7 @@ def finish_expanded(path: str) -> formats.ParallelsHeader:
     when no cluster is allocated (qemu always writes 0). Both are fixed here
     in-process; the guest's bytes do not change. Returns the header.
     """
-    header = formats.read_parallels_header(path)
+    header = read_parallels_header(path)
     if header is None:
         raise exception.CorruptRecord(location=path,
                                       reason='not a parallels image')
@@ -306,12 +406,12 @@ def finish_expanded(path: str) -> formats.ParallelsHeader:
                 n = os.pwrite(fd, zeros[:min(len(zeros), end - start)],
                               start)
                 start += n
-        empty = not any(formats.read_parallels_bat(path, header))
-        flags = (header.flags | formats.PARALLELS_EMPTY if empty
-                 else header.flags & ~formats.PARALLELS_EMPTY)
+        empty = not any(read_parallels_bat(path, header))
+        flags = (header.flags | PARALLELS_EMPTY if empty
+                 else header.flags & ~PARALLELS_EMPTY)
         if flags != header.flags:
             os.pwrite(fd, struct.pack('<I', flags),
-                      formats.PARALLELS_FLAGS_OFFSET)
+                      PARALLELS_FLAGS_OFFSET)
             header = dataclasses.replace(header, flags=flags)
     finally:
         os.close(fd)

@@ -21,7 +21,6 @@ import pytest
 import imagebackend
 from imagebackend import exception
 from imagebackend import fileutils
-from imagebackend import formats
 from imagebackend import names
 from imagebackend import parallels
 from imagebackend import processes
@@ -402,7 +401,7 @@ def test_expanded_descriptor_as_the_tool_writes_it(tmp_path):
         f.write(b'WithoutFreeSpace')
     ploop('restore-descriptor', '-f', 'expanded', str(d), data)
     theirs = (d / ploop_mod.DESCRIPTOR).read_text()
-    header = formats.read_parallels_header(data)
+    header = parallels.read_parallels_header(data)
     ours = ploop_mod.Descriptor(disk_size=header.nb_sectors,
                                 ploop_format='expanded',
                                 blocksize=header.cluster_sectors)
@@ -455,12 +454,12 @@ def test_ploop_grow_is_not_used_on_expanded_images(tmp_path):
     run('qemu-img', 'create', '-q', '-f', 'parallels', data, str(64 * MiB))
     run('qemu-io', '-f', 'parallels', '-c', 'write -P 0xab 0 1M', data)
     header = ploop_mod.finish_expanded(data)
-    assert not header.flags & formats.PARALLELS_EMPTY
+    assert not header.flags & parallels.PARALLELS_EMPTY
     ploop_mod.write_descriptor(str(d), ploop_mod.Descriptor(
         disk_size=header.nb_sectors, ploop_format='expanded'))
     ploop('grow', '-s', '128M', str(d / ploop_mod.DESCRIPTOR))
-    assert formats.read_parallels_header(data).flags & \
-        formats.PARALLELS_EMPTY
+    assert parallels.read_parallels_header(data).flags & \
+        parallels.PARALLELS_EMPTY
 
 
 def test_failed_grow_changes_nothing(backend, image, monkeypatch, tmp_path):

@@ -199,7 +199,7 @@ def make_parallels(path, size, clusters=None, magic=b'WithouFreSpacExt',
 
 def test_header_fields(tmp_path):
     path = make_parallels(str(tmp_path / 'p'), 64 * MiB, {0: b'x'})
-    h = formats.read_parallels_header(path)
+    h = parallels.read_parallels_header(path)
     assert (h.magic_version, h.version, h.cluster_sectors, h.bat_entries,
             h.nb_sectors, h.data_off) == (2, 2, 2048, 64, 131072, 2048)
     assert (h.virtual_size, h.cluster_size, h.data_offset) == (
@@ -210,24 +210,24 @@ def test_header_fields(tmp_path):
 def test_header_v1_entries_count_sectors(tmp_path):
     path = make_parallels(str(tmp_path / 'p'), 64 * MiB, {3: b'y'},
                           magic=b'WithoutFreeSpace')
-    h = formats.read_parallels_header(path)
+    h = parallels.read_parallels_header(path)
     assert h.magic_version == 1
     assert h.cluster_offset(2048) == MiB
-    assert formats.read_parallels_bat(path, h)[3] == 2048
+    assert parallels.read_parallels_bat(path, h)[3] == 2048
 
 
 def test_v1_size_is_32_bits():
     raw = struct.pack('<16sIIIIIQIIIQ', b'WithoutFreeSpace', 2, 16, 1, 2048,
                       1, (7 << 32) | 2048, 0, 2048, 0, 0)
-    assert formats.parallels_header(raw).nb_sectors == 2048
+    assert parallels.parallels_header(raw).nb_sectors == 2048
     raw = b'WithouFreSpacExt' + raw[16:]
-    assert formats.parallels_header(raw).nb_sectors == (7 << 32) | 2048
+    assert parallels.parallels_header(raw).nb_sectors == (7 << 32) | 2048
 
 
 @pytest.mark.parametrize('data', [b'', b'WithouFreSpacExt', b'QFI\xfb' +
                                   bytes(60), bytes(64)])
 def test_not_a_header(data):
-    assert formats.parallels_header(data) is None
+    assert parallels.parallels_header(data) is None
 
 
 def test_inspect_accepts_declared_ploop(tmp_path):
@@ -295,7 +295,7 @@ def test_truncated_bat_refused(tmp_path):
 
 def test_finish_expanded_fills_holes_and_sets_flags(tmp_path):
     path = make_parallels(str(tmp_path / 'p'), 64 * MiB, {2: b'data'})
-    assert formats.read_parallels_header(path).flags == 0
+    assert parallels.read_parallels_header(path).flags == 0
     with open(path, 'rb') as f:
         before = f.read()
     header = parallels.finish_expanded(path)
@@ -312,14 +312,14 @@ def test_finish_expanded_fills_holes_and_sets_flags(tmp_path):
 def test_finish_expanded_marks_empty_image(tmp_path):
     path = make_parallels(str(tmp_path / 'p'), 64 * MiB)
     header = parallels.finish_expanded(path)
-    assert header.flags & formats.PARALLELS_EMPTY
-    assert formats.read_parallels_header(path).flags == \
-        formats.PARALLELS_EMPTY
+    assert header.flags & parallels.PARALLELS_EMPTY
+    assert parallels.read_parallels_header(path).flags == \
+        parallels.PARALLELS_EMPTY
     # ...and clears it again once a cluster is allocated.
     path = make_parallels(str(tmp_path / 'q'), 64 * MiB, {0: b'x'},
-                          flags=formats.PARALLELS_EMPTY)
+                          flags=parallels.PARALLELS_EMPTY)
     assert parallels.finish_expanded(path).flags == 0
-    assert formats.read_parallels_header(path).flags == 0
+    assert parallels.read_parallels_header(path).flags == 0
 
 
 def test_finish_expanded_refuses_other_files(tmp_path):
