@@ -16,6 +16,7 @@ from oslo_utils.imageutils import format_inspector
 
 from imagebackend import exception
 from imagebackend import formats
+from imagebackend import parallels
 from imagebackend import qemu
 from imagebackend import records as records_mod
 
@@ -67,7 +68,7 @@ def content_format(path: str) -> str | None:
     (``ploop`` for a parallels header), or None if it cannot tell (the
     bytes match several formats). Nothing is refused here: a guest may
     write anything into its own raw disk."""
-    if formats.read_parallels_header(path) is not None:
+    if parallels.read_parallels_header(path) is not None:
         return 'ploop'
     try:
         detected = format_inspector.detect_file_format(path)

@@ -97,8 +97,9 @@ from imagebackend import processes
 from imagebackend import qemu
 from imagebackend.backends import localfile
 from imagebackend.parallels import (CLUSTER, DATA, DESCRIPTOR, QEMU_FORMATS,
-                                    TYPES, Descriptor, finish_expanded,
-                                    read_descriptor, round_size,
+                                    TYPES, Descriptor, ParallelsHeader,
+                                    finish_expanded, read_descriptor,
+                                    read_parallels_header, round_size,
                                     write_descriptor)
 
 LOG = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
             final = self._presize(size)
             self._restore_descriptor()
             return how, final
-        src_header = (formats.read_parallels_header(src)
+        src_header = (read_parallels_header(src)
                       if src_format == 'parallels' else None)
         if size and round_size(size) > src_size:
             # Straight into an image of the final size: qemu-img cannot
@@ -268,7 +269,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
                  if grow and vsize is None else None)
         # As _write_data: a parallels base's header (its cluster size; an
         # entry not yet fetched is inspected as parallels on the way in).
-        header = (formats.read_parallels_header(src)
+        header = (read_parallels_header(src)
                   if base.format == 'parallels' and base.cached else None)
         parallels = header is not None or (base.format == 'parallels' and
                                            not base.cached)
@@ -367,7 +368,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
         processes.execute('ploop', 'restore-descriptor', '-f', 'raw',
                           self.path, self.data_path, root=True)
 
-    def _write_descriptor(self, header: formats.ParallelsHeader,
+    def _write_descriptor(self, header: ParallelsHeader,
                           directory: str | None = None) -> None:
         write_descriptor(directory or self.path, Descriptor(
             disk_size=header.nb_sectors, ploop_format='expanded',
@@ -375,7 +376,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
 
     @staticmethod
     def _create_parallels(path: str, size: int,
-                          like: formats.ParallelsHeader | None = None
+                          like: ParallelsHeader | None = None
                           ) -> None:
         cluster = like.cluster_size if like else CLUSTER
         qemu.create(path, 'parallels', size,
@@ -419,7 +420,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
             processes.execute('ploop', 'grow', '-s', f'{size // 1024}K',
                               self.descriptor_path, root=True)
             return
-        old = formats.read_parallels_header(self.data_path)
+        old = read_parallels_header(self.data_path)
         bigger = self.data_path + '.grow'
         fileutils.remove_path(bigger)
         try:
