@@ -107,22 +107,22 @@ class ParallelsHeader:
 
     @property
     def virtual_size(self) -> int:
-        return self.nb_sectors * 512
+        return self.nb_sectors * SECTOR
 
     @property
     def cluster_size(self) -> int:
-        return self.cluster_sectors * 512
+        return self.cluster_sectors * SECTOR
 
     @property
     def data_offset(self) -> int:
         """Byte offset of the first data cluster."""
         if self.data_off:
-            return self.data_off * 512
+            return self.data_off * SECTOR
         return PARALLELS_HEADER_SIZE + 4 * self.bat_entries
 
     def cluster_offset(self, entry: int) -> int:
         """Byte offset of the data cluster a BAT entry points at."""
-        unit = 512 if self.magic_version == 1 else self.cluster_size
+        unit = SECTOR if self.magic_version == 1 else self.cluster_size
         return entry * unit
 
 
