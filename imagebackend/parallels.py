@@ -205,6 +205,13 @@ class Descriptor:
     def virtual_size(self) -> int:
         return self.disk_size * SECTOR
 
+    @classmethod
+    def expanded(cls, header: ParallelsHeader) -> 'Descriptor':
+        """The descriptor of the expanded image whose header is ``header``:
+        its size and its cluster size, as ploop writes them."""
+        return cls(disk_size=header.nb_sectors, ploop_format='expanded',
+                   blocksize=header.cluster_sectors)
+
     def to_xml(self) -> str:
         """The descriptor, element for element as ``ploop`` writes it."""
         cylinders, heads, sectors = chs(self.disk_size)

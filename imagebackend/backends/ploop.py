@@ -370,9 +370,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
 
     def _write_descriptor(self, header: ParallelsHeader,
                           directory: str | None = None) -> None:
-        write_descriptor(directory or self.path, Descriptor(
-            disk_size=header.nb_sectors, ploop_format='expanded',
-            blocksize=header.cluster_sectors))
+        write_descriptor(directory or self.path, Descriptor.expanded(header))
 
     @staticmethod
     def _create_parallels(path: str, size: int,

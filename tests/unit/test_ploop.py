@@ -207,6 +207,13 @@ def test_header_fields(tmp_path):
     assert h.cluster_offset(1) == MiB  # v2: BAT entries count clusters
 
 
+def test_descriptor_of_an_expanded_image(tmp_path):
+    path = make_parallels(str(tmp_path / 'p'), 64 * MiB, cluster=2 * MiB)
+    d = parallels.Descriptor.expanded(parallels.read_parallels_header(path))
+    assert d == parallels.Descriptor(disk_size=131072,
+                                     ploop_format='expanded', blocksize=4096)
+
+
 def test_header_v1_entries_count_sectors(tmp_path):
     path = make_parallels(str(tmp_path / 'p'), 64 * MiB, {3: b'y'},
                           magic=b'WithoutFreeSpace')
