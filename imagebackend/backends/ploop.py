@@ -368,9 +368,8 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
         processes.execute('ploop', 'restore-descriptor', '-f', 'raw',
                           self.path, self.data_path, root=True)
 
-    def _write_descriptor(self, header: ParallelsHeader,
-                          directory: str | None = None) -> None:
-        write_descriptor(directory or self.path, Descriptor.expanded(header))
+    def _write_descriptor(self, header: ParallelsHeader) -> None:
+        write_descriptor(self.path, Descriptor.expanded(header))
 
     @staticmethod
     def _create_parallels(path: str, size: int,
