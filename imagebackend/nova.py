@@ -52,6 +52,7 @@ from nova.virt.libvirt.storage import lvm  # noqa: F401
 from nova.virt.libvirt import utils as libvirt_utils  # noqa: F401
 
 from imagebackend import backend as lib_backend
+from imagebackend import backend_types
 # The library's dm-crypt commands, under the name Nova's tests patch (same
 # functions and signatures as nova.virt.libvirt.storage.dmcrypt).
 from imagebackend import dmcrypt  # noqa: F401
@@ -372,9 +373,11 @@ class Ploop(Image, lib_ploop.Ploop):
     """Nova's ``Ploop`` (``images_type = ploop``)."""
 
 
-_FACE_CLASSES = {'flat': Flat, 'qcow2': Qcow2, 'lvm': Lvm, 'rbd': Rbd,
-                 'ploop': Ploop}
-for _cls in _FACE_CLASSES.values():
+# Nova's class of each image type: the library's names (backend_types),
+# each backend's class of the same name above ('raw' is 'flat's).
+_FACE_CLASSES = {name: globals()[spec.rpartition(':')[2]]
+                 for name, spec in backend_types.BACKENDS.items()}
+for _cls in dict.fromkeys(_FACE_CLASSES.values()):  # Flat once
     # What only this backend has (Flat.correct_format, Rbd.copy_to_store).
     _map_errors(_cls, _cls.__mro__[2],
                 [n for n in _CALLS if not hasattr(lib_image.Image, n)])
@@ -390,7 +393,7 @@ class Backend:
     @property
     def BACKEND(self) -> dict:
         default = Qcow2 if self.use_cow else Flat
-        return dict(_FACE_CLASSES, raw=Flat, default=default)
+        return dict(_FACE_CLASSES, default=default)
 
     def backend(self, image_type=None) -> type[Image]:
         """The class for ``image_type`` (default: the host's)."""
