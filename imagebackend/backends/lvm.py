@@ -80,9 +80,9 @@ from imagebackend.backends import lvm_plan
 from imagebackend.backends.lvm_migration import (  # noqa: F401 (API)
     TRANSFER_SUFFIX)
 from imagebackend.backends.lvm_volumes import (  # noqa: F401 (API)
-    BASE_PREFIX, DEVICE_ROOT, InsufficientSpace, LogicalVolume, VolumeGroup,
-    _REPORT, _report, base_lv_name, check_lvm_name, escape, flush_device,
-    logical_volumes, lv_name, unescape, volume_group)
+    BASE_PREFIX, DEVICE_ROOT, REPORT, InsufficientSpace, LogicalVolume,
+    VolumeGroup, base_lv_name, check_lvm_name, escape, flush_device,
+    logical_volumes, lv_name, report, unescape, volume_group)
 
 LOG = logging.getLogger(__name__)
 
@@ -400,8 +400,8 @@ class Lvm(lvm_plan.LvmPlans, lvm_encryption.LvmEncryption,
         """What the LV takes in its VG (``lvs``): all of a thick LV; a
         thin LV's mapped share (``data_percent``). None if it is gone."""
         try:
-            out = _report(f'{self.vg}/{self.lv}', 'lvs', *_REPORT, '-o',
-                          'lv_size,segtype,data_percent')
+            out = report(f'{self.vg}/{self.lv}', 'lvs', *REPORT, '-o',
+                         'lv_size,segtype,data_percent')
         except (exception.ProcessError, exception.BackendUnavailable):
             return None
         for line in out.splitlines():

@@ -20,7 +20,7 @@ from imagebackend import names
 from imagebackend import plans
 from imagebackend import qemu
 from imagebackend.backends.lvm_volumes import (
-    DEVICE_ROOT, VolumeGroup, _LVS, _VGS, base_lv_name, logical_volumes,
+    DEVICE_ROOT, LVS, VGS, VolumeGroup, base_lv_name, logical_volumes,
     volume_group)
 
 
@@ -52,7 +52,7 @@ class LvmPlans:
         return [self._plan_lvs(f'is {self.location} there?')]
 
     def _plan_lvs(self, what: str) -> plans.Step:
-        return plans.Step(what, command=(*_LVS, self.vg))
+        return plans.Step(what, command=(*LVS, self.vg))
 
     def _plan_exists_check(self, steps: list) -> None:
         """``_exists_before_creating``: asked only for a recorded disk."""
@@ -72,7 +72,7 @@ class LvmPlans:
             planned.add(self.vg)
             steps.append(plans.Step(f'read volume group {self.vg}\'s extent '
                                     'size (once per Backend)',
-                                    command=(*_VGS, self.vg)))
+                                    command=(*VGS, self.vg)))
         return volume_group(self.vg)
 
     def _plan_key(self, steps: list) -> None:

@@ -32,10 +32,10 @@ _RESERVED_PARTS = ('_cdata', '_cmeta', '_corig', '_cpool', '_cvol', '_iorig',
                    '_mimage', '_mlog', '_pmspare', '_rimage', '_rmeta',
                    '_tdata', '_tmeta', '_vdata', '_vorigin', '_wcorig')
 
-# lvs/vgs answers are parsed, so always ask for the same plain shape.
-_REPORT = ('--noheadings', '--nosuffix', '--units', 'b', '--separator', '|')
-_VGS = ('vgs', *_REPORT, '-o', 'vg_name,vg_size,vg_free,vg_extent_size')
-_LVS = ('lvs', *_REPORT, '-o', 'lv_name,lv_size,segtype')
+#: lvs/vgs answers are parsed, so always ask for the same plain shape.
+REPORT = ('--noheadings', '--nosuffix', '--units', 'b', '--separator', '|')
+VGS = ('vgs', *REPORT, '-o', 'vg_name,vg_size,vg_free,vg_extent_size')
+LVS = ('lvs', *REPORT, '-o', 'lv_name,lv_size,segtype')
 
 
 class InsufficientSpace(exception.ImageBackendError):
@@ -126,7 +126,7 @@ class LogicalVolume:
         return self.segtype == 'thin'
 
 
-def _report(vg: str, *cmd: str) -> str:
+def report(vg: str, *cmd: str) -> str:
     """Run an lvs/vgs report on ``vg``; a missing VG is a typed error."""
     try:
         out, _err = processes.execute(*cmd, vg, root=True)
@@ -139,7 +139,7 @@ def _report(vg: str, *cmd: str) -> str:
 
 
 def volume_group(vg: str) -> VolumeGroup:
-    out = _report(vg, *_VGS)
+    out = report(vg, *VGS)
     for line in out.splitlines():
         fields = [f.strip() for f in line.split('|')]
         if len(fields) == 4 and fields[0] == vg:
@@ -151,7 +151,7 @@ def volume_group(vg: str) -> VolumeGroup:
 
 def logical_volumes(vg: str) -> dict[str, LogicalVolume]:
     """Every LV of ``vg`` now (never cached: LVs come and go)."""
-    out = _report(vg, *_LVS)
+    out = report(vg, *LVS)
     found: dict[str, LogicalVolume] = {}
     for line in out.splitlines():
         fields = [f.strip() for f in line.split('|')]
