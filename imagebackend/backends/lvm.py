@@ -49,11 +49,20 @@ whatever an unwiped LV left on its extents: ``volume_clear`` (default
 
 Everything runs through :func:`imagebackend.processes.execute`, with the
 environment of the calling process: an LVM configuration (``--config`` in
-``LVM_SYSTEM_DIR``) is the host's business, never this module's. Every
+``LVM_SYSTEM_DIR``) is the host's business, never the backend's. Every
 command on the volume group or the LV's device runs with ``root=True``
 (:mod:`imagebackend.privileged`: a privsep daemon's environment then,
 when the process is not root), and so do the device's fsync
 (:func:`flush_device`) and the filesystem tools on it.
+
+The modules next to this one tell the rest, each its part:
+:mod:`~imagebackend.backends.lvm_volumes` (names as LVM accepts them, what
+``vgs`` and ``lvs`` report), :mod:`~imagebackend.backends.lvm_lvcreate`
+(a disk's LV made, lvcreate's refusals typed),
+:mod:`~imagebackend.backends.lvm_encryption` (the dm-crypt mapping),
+:mod:`~imagebackend.backends.lvm_migration` (a cold migration's send and
+settle) and :mod:`~imagebackend.backends.lvm_plan` (what creation would
+run). Class :class:`Lvm` inherits their methods.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Ephemeral storage encryption, as Nova does it: a disk of an instance with
 an ``ephemeral_key_uuid`` is a dm-crypt mapping over its LV
 (:mod:`imagebackend.dmcrypt`): the guest's device is
-``/dev/mapper/<lv>-dmcrypt`` (:attr:`Lvm.path`), the LV's is
-:attr:`Lvm.lv_path`. The key is fetched from the backend's key manager
+``/dev/mapper/<lv>-dmcrypt`` (``Lvm.path``), the LV's is
+``Lvm.lv_path``. The key is fetched from the backend's key manager
 before anything is made; ``cryptsetup create`` runs right after
 ``lvcreate``, and the image or template function writes through the
 mapping. The record holds cipher, key size and key reference, so the disk

@@ -30,8 +30,8 @@ TRANSFER_SUFFIX = '.lv-transfer'
 class LvmMigration:
     """A cold migration of an :class:`~imagebackend.backends.lvm.Lvm` disk
     (a mixin: it creates, writes and removes the disk's LV with the disk's
-    own methods). ``create_empty`` for a live migration, and the refusal
-    of an encrypted disk, are Lvm's."""
+    own methods). A live migration's empty LV (``_prepare_empty``,
+    ``_make_empty``) and the refusal of an encrypted disk are Lvm's."""
 
     def _transfer_path(self) -> str:
         return os.path.join(self.instance_dir,

@@ -30,7 +30,7 @@ class LvmPlans:
     disk's names, config and creation helpers)."""
 
     def plan_create(self, source_type, source_id, func, size):
-        """What create_from_image / create_from_func above would do
+        """What create_from_image / create_from_func (lvm.py) would do
         (create_from_content is create_from_func here). Reads the volume
         group (``vgs``, and ``lvs`` for a thin base) for sizes and free
         space; never fetches an encryption key."""
