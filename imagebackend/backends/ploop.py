@@ -89,7 +89,6 @@ from typing import Any, Callable
 
 from imagebackend import exception
 from imagebackend import fileutils
-from imagebackend import formats
 from imagebackend import image
 from imagebackend import names
 from imagebackend import plans

@@ -60,7 +60,6 @@ from typing import Any, ClassVar, ContextManager
 
 from imagebackend import exception
 from imagebackend import fileutils
-from imagebackend import formats
 from imagebackend import image
 from imagebackend import names
 from imagebackend import qemu
