@@ -2,9 +2,9 @@
 
 In use means: some disk's record, on any instance under this
 instances_path (shared by every host that mounts it), names the entry as
-its backing, or as its source while it says ``creating``. Records say it, so nothing opens a disk to find its backing
-file (Nova ran qemu-img info on every instance's root to do this, and
-missed every other disk).
+its backing, or as its source while it says ``creating``. Records say
+it, so nothing opens a disk to find its backing file (Nova ran qemu-img
+info on every instance's root to do this, and missed every other disk).
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ For each backend, one instance goes through, in order:
   XML is then defined on libvirt's real test driver (``test:///default``,
   the real libvirt module, not the fakelibvirt Nova's fixture installs);
 * ``warm_create`` (flat, qcow2): ``_create_image`` of a second instance,
-  every base cached now; records the processes it started (Nova's or the library's);
+  every base cached now; records the processes it started (Nova's or the
+  library's);
 * ``pre_live_migration``: ``pre_live_migration`` (so
   ``_create_images_and_backing``) on a second host's instances_path, with
   the disk_info Nova's source sends (``_get_instance_disk_info_from_config``)
