@@ -78,6 +78,14 @@ class DiskExists(ImageBackendError):
     msg_fmt = "Disk %(location)s already exists."
 
 
+class NothingMade(ImageBackendError):
+    """A caller's fetch or template function (Nova's ``prepare_template``)
+    returned without writing the file it was asked for."""
+
+    msg_fmt = ("%(function)s returned without making %(path)s: there is "
+               "nothing to make the disk from.")
+
+
 class RecordNotFound(ImageBackendError):
     msg_fmt = ("No metadata record for disk %(disk_name)s of instance "
                "%(instance)s.")

@@ -46,6 +46,12 @@ QOS_SPECS = ('disk_read_bytes_sec', 'disk_read_iops_sec',
              'disk_total_bytes_sec', 'disk_total_iops_sec')
 
 
+def callable_name(func: Callable[..., Any]) -> str:
+    """A function's name for an error message (a partial or mock has
+    none: its repr)."""
+    return getattr(func, '__qualname__', None) or repr(func)
+
+
 def _disk_scsi(info: libvirt_config.GuestDisk, disk_unit: int | None) -> None:
     """A fixed unit on the SCSI controller (Nova bug 1792077)."""
     if info.target_bus == 'scsi' and disk_unit is not None:
@@ -251,6 +257,17 @@ class Image(abc.ABC):
         """Nova's contract: create the disk, calling
         ``prepare_template(target=...)`` to materialise the template."""
 
+    @staticmethod
+    def _run_template(prepare_template: Callable[..., None], target: str,
+                      *args, **kwargs) -> None:
+        """``prepare_template(target=target, ...)``, then NothingMade if it
+        returned without making ``target``: the caller learns which
+        function failed it, not an OSError from whatever reads it next."""
+        prepare_template(target=target, *args, **kwargs)
+        if not os.path.exists(target):
+            raise exception.NothingMade(
+                function=callable_name(prepare_template), path=target)
+
     def cache(self, fetch_func: Callable[..., None], filename: str,
               size: int | None = None, safe: bool = False, *args,
               **kwargs) -> None:
@@ -271,6 +288,8 @@ class Image(abc.ABC):
             with cache.lock(filename):
                 if target != base or not os.path.exists(base):
                     fetch_func(target=target, *args, **kwargs)
+        # Errors name the caller's function, not this wrapper.
+        fetch_func_sync.__qualname__ = callable_name(fetch_func)
 
         if not self.exists():
             if 'image_id' in kwargs:

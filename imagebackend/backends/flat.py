@@ -147,14 +147,15 @@ class Flat(image.SelfContained, localfile.LocalFileImage):
         if 'image_id' not in kwargs:
             # Generating (ephemeral, swap): written straight into the disk.
             if not self.exists():
-                prepare_template(target=self.path, *args, **kwargs)
+                self._run_template(prepare_template, self.path, *args,
+                                   **kwargs)
                 # Raw, as the driver_format it is recorded with says.
                 self._note_made(os.path.getsize(self.path))
             elif size:
                 self.resize_image(size)
             return
         if not os.path.exists(base):
-            prepare_template(target=base, *args, **kwargs)
+            self._run_template(prepare_template, base, *args, **kwargs)
         # The copy has the base's format: from its sidecar (a base Nova's
         # fetch wrote gets one now, from its inspected bytes), checked.
         entry = self._legacy_base_entry(base)

@@ -333,7 +333,7 @@ class Lvm(lvm_plan.LvmPlans, lvm_encryption.LvmEncryption,
         # Root disks, and swap (Nova passes swap_mb, not ephemeral_size):
         # through a template in the cache.
         if not os.path.exists(base):
-            prepare_template(target=base, *args, **kwargs)
+            self._run_template(prepare_template, base, *args, **kwargs)
         name = os.path.basename(base)
         base_format, base_size = self.image_cache.legacy_base(base, safe)
         self.verify_base_size(base, size, base_size)

@@ -475,7 +475,8 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
                 return
             self._make_dir()
             try:
-                prepare_template(target=self.data_path, *args, **kwargs)
+                self._run_template(prepare_template, self.data_path,
+                                   *args, **kwargs)
                 self._presize(None)
                 self._restore_descriptor()
             except BaseException:
@@ -483,7 +484,7 @@ class Ploop(image.SelfContained, localfile.LocalFileImage):
                 raise
             return
         if not os.path.exists(base):
-            prepare_template(target=base, *args, **kwargs)
+            self._run_template(prepare_template, base, *args, **kwargs)
         base_format, _size = self.image_cache.legacy_base(base, safe)
         self.verify_base_size(base, size)
         if self.exists():

@@ -182,7 +182,7 @@ class Qcow2(localfile.LocalFileImage):
     def create_image(self, prepare_template, base, size, safe=False, *args,
                      **kwargs):
         if not os.path.exists(base):
-            prepare_template(target=base, *args, **kwargs)
+            self._run_template(prepare_template, base, *args, **kwargs)
         # Nova re-checks the base's safety on every use unless it made the
         # base itself (safe); so does the legacy path.
         check = self.image_cache.deep_inspection(safe)

@@ -124,6 +124,24 @@ def assert_gone(env, disk):
     assert not disk.exists()
 
 
+def test_legacy_fetch_that_makes_nothing_is_a_typed_error(backend, lvm):
+    # Nova's fetch returned without writing the base: the library's error
+    # naming it, before any volume is made; no record.
+    def makes_nothing(target, *args, **kwargs):
+        pass
+
+    instance = Instance()
+    disk = backend.by_name(instance, 'disk')
+    before = lv_sizes(lvm, lvm.vg_main)
+    with pytest.raises(exception.NothingMade) as e:
+        disk.cache(makes_nothing, names.image_cache_name('img'), 64 * MiB,
+                   context=None, image_id='img')
+    assert 'makes_nothing' in str(e.value)
+    assert lv_sizes(lvm, lvm.vg_main) == before
+    assert_gone(lvm, disk)
+    assert backend.records.get(instance.uuid, 'disk') is None
+
+
 def create(disk, via, kind, **kw):
     """Make ``disk`` through the shim (legacy cache()) or natively."""
     if kind == 'image':

@@ -267,6 +267,23 @@ def test_legacy_cache_on_existing_disk_grows_it(rbd_backend, ceph,
     assert disk.virtual_size() == 96 * MiB
 
 
+def test_legacy_fetch_that_makes_nothing_is_a_typed_error(rbd_backend, ceph):
+    # Nova's fetch returned without writing the base, and cloned nothing:
+    # the library's error naming it; no image in the pool, no record.
+    def makes_nothing(target, *args, **kwargs):
+        pass
+
+    instance = Instance()
+    disk = rbd_backend.by_name(instance, 'disk')
+    with pytest.raises(exception.NothingMade) as e:
+        disk.cache(makes_nothing, SHA1_IMG, 64 * MiB, context=None,
+                   image_id='img')
+    assert 'makes_nothing' in str(e.value)
+    assert disk_name_in_pool(instance, 'disk') not in rbd_ls(ceph)
+    assert rbd_backend.records.get(instance.uuid, 'disk') is None
+    assert not os.path.exists(rbd_backend.image_cache.path(SHA1_IMG))
+
+
 # -- ephemeral and swap -------------------------------------------------------
 
 def test_ephemeral_template_made_once_imported_once_cloned_twice(
