@@ -246,7 +246,7 @@ class Rbd(rbd_create.RbdCreate, rbd_plans.RbdPlans, rbd_clone.RbdClone,
             self._legacy_how = {'how': 'import', 'why': why,
                                 'imported': os.path.basename(base)}
         self.verify_base_size(base, size)
-        if size and size > self.get_disk_size(self.path):
+        if size and size > self.get_disk_size(self.rbd_name):
             self.resize_image(size)
 
     def _legacy_facts(self, base: str) -> dict[str, Any]:
