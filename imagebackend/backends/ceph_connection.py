@@ -15,7 +15,10 @@ disk or per call. :meth:`Cluster.session` lends it for a block of calls.
   leaves the parent's alone (shutting it down from the child would act on
   state that is not the child's).
 * Closed: by :meth:`Cluster.close` (``Backend.close()``) once no session
-  holds it, and at interpreter exit for every cluster still open.
+  holds it, when the Cluster itself is dropped (its Backend gone without
+  ``close()``: librados's ``Rados`` has no finalizer, so its threads and
+  sessions would otherwise outlive it), and at interpreter exit for every
+  cluster still open.
 
 :class:`Connection` opens an I/O context per pool on first use; failures
 to reach the cluster are the library's typed BackendUnavailable. A
@@ -162,6 +165,10 @@ class Cluster:
         self._conn: Connection | None = None
         #: Connections made so far (for tests and benchmarks).
         self.connects = 0
+        # The connection lent now, seen by the finalizer without keeping
+        # this Cluster alive: dropped, the Cluster shuts it down.
+        self._held: list[Connection] = []
+        weakref.finalize(self, _release, self._held)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Connection]:
@@ -192,6 +199,7 @@ class Cluster:
                 # one connection instead of each making their own.
                 conn = self._conn = _open(self.conffile, self.rados_id,
                                           self.timeout)
+                self._held[:] = [conn]
                 self.connects += 1
                 _OPEN.add(self)
             conn.users += 1
@@ -229,6 +237,15 @@ class Cluster:
         state at the fork, are not this process's."""
         self._lock = threading.Lock()
         self._conn = None
+
+
+def _release(held: list[Connection]) -> None:
+    """A dropped Cluster's connection, shut down (no session can hold it:
+    a session keeps its Cluster alive)."""
+    for conn in held:
+        conn.retired = True
+        Cluster._shut_if_done(conn)
+    held.clear()
 
 
 def _after_fork() -> None:

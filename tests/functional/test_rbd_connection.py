@@ -1,11 +1,13 @@
 """Rbd's cluster connection (imagebackend/backends/ceph_connection.py) on
 the real Ceph of tests/functional/ceph_env.py: one connection per Backend,
 reused by its disks and threads, made again after a break, never shared
-with a forked child, closed by Backend.close()."""
+with a forked child, closed by Backend.close() or when its Backend is
+dropped."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import os
 
 import pytest
@@ -27,6 +29,20 @@ def connects(monkeypatch):
     def spy(*args):
         made.append(os.getpid())
         return real(*args)
+    monkeypatch.setattr(ceph_connection, '_open', spy)
+    return made
+
+
+@pytest.fixture
+def clients(monkeypatch):
+    """Every librados client made (the real ones)."""
+    made: list = []
+    real = ceph_connection._open
+
+    def spy(*args):
+        conn = real(*args)
+        made.append(conn.client)
+        return conn
     monkeypatch.setattr(ceph_connection, '_open', spy)
     return made
 
@@ -58,6 +74,22 @@ def test_a_three_disk_spawn_connects_once(rbd_backend, ceph, make_image,
     assert other.by_name(first, 'disk').exists()
     assert len(connects) == 2
     other.close()
+
+
+def test_a_dropped_backend_shuts_its_client_down(rbd_backend, ceph,
+                                                 clients):
+    # A caller that makes a Backend per request and never closes it (the
+    # Nova face makes one per disk) must not leave a librados client
+    # behind each time: Rados has no finalizer, so each would keep its
+    # threads and its sessions with the mon and OSDs for the process's life.
+    instance = Instance()
+    for _ in range(3):
+        backend = imagebackend.Backend(conf=rbd_backend.conf)
+        assert not backend.by_name(instance, 'disk').exists()
+        del backend
+        gc.collect()
+    assert len(clients) == 3
+    assert [c.state for c in clients] == ['shutdown'] * 3
 
 
 def test_close_then_reconnect_on_demand(rbd_backend, ceph, make_image,
