@@ -16,6 +16,7 @@ import json
 import os
 from unittest import mock
 
+import fixtures
 import pytest
 
 import imagebackend
@@ -1123,9 +1124,14 @@ def test_flows_change_disks_only_under_the_instance_lock(make_fx, host):
 
 # == one batch of records per flow =============================================
 
-def spy_batches(fx, monkeypatch):
+def spy_batches(fx):
     """Each ``Backend.batch`` a flow opens (the fixture's, which writes no
-    records): the disk names it declares and those created inside it."""
+    records): the disk names it declares and those created inside it.
+
+    Put in place by the fixture itself, so it is undone before the
+    fixture's own: undone later (by pytest's monkeypatch, which an autouse
+    fixture makes before ``fx``), it would put the fixture's fake back
+    after the fixture had restored the real one, for every later test."""
     opened = []
     fake = imagebackend.Backend.batch
 
@@ -1138,13 +1144,14 @@ def spy_batches(fx, monkeypatch):
             yield
         entry['created'] = fx.created_disks[before:]
 
-    monkeypatch.setattr(imagebackend.Backend, 'batch', spy)
+    fx.useFixture(fixtures.MonkeyPatch(
+        'imagebackend.backend.Backend.batch', spy))
     return opened
 
 
 @pytest.fixture
-def batches(fx, monkeypatch):
-    return spy_batches(fx, monkeypatch)
+def batches(fx):
+    return spy_batches(fx)
 
 
 def test_spawn_makes_its_disks_in_one_batch(fx, host, batches):
@@ -1160,9 +1167,9 @@ def test_spawn_makes_its_disks_in_one_batch(fx, host, batches):
     assert len(batches) == 1
 
 
-def test_spawn_declares_only_the_missing_disks(make_fx, host, monkeypatch):
+def test_spawn_declares_only_the_missing_disks(make_fx, host):
     fx = make_fx(existing=['disk'])
-    opened = spy_batches(fx, monkeypatch)
+    opened = spy_batches(fx)
     backend = imagebackend.Backend(conf=host)
     inst = make_instance(ephemeral_gb=1, swap=64)
     flows.spawn(backend, CTX, inst, instance_mod.disk_mapping(inst))
@@ -1186,9 +1193,9 @@ def test_rescue_and_pre_live_migration_make_their_disks_in_one_batch(
 
 
 def test_finish_migration_makes_missing_and_fresh_disks_in_one_batch(
-        make_fx, host, monkeypatch):
+        make_fx, host):
     fx = make_fx(existing=['disk', 'disk.swap'])
-    opened = spy_batches(fx, monkeypatch)
+    opened = spy_batches(fx)
     backend = imagebackend.Backend(conf=host)
     inst = make_instance(ephemeral_gb=1, swap=512)
     copied_disks(fx, {'disk': GiB, 'disk.swap': 256 * MiB})
