@@ -53,10 +53,11 @@ def read(info_path: str) -> dict[str, str]:
     empty before it writes it, without fsync, so an empty one is what a
     crash of Nova's left, and the entries it had are not known."""
     try:
-        with open(info_path, 'rb') as f:
-            text = f.read().decode('utf-8').rstrip()
+        text = fileutils.read_state_file(info_path).decode('utf-8').rstrip()
     except FileNotFoundError:
         return {}
+    except fileutils.NotRegularFile as e:
+        raise exception.CorruptRecord(location=info_path, reason=e.strerror)
     except UnicodeDecodeError as e:
         raise exception.CorruptRecord(location=info_path,
                                       reason=f'not text: {e}')

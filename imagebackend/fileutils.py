@@ -52,6 +52,36 @@ def fsync_tree(path: str) -> None:
         fsync_dir(root)
 
 
+class NotRegularFile(OSError):
+    """A state file that is a symlink, FIFO, device or directory."""
+
+
+def read_state_file(path: str) -> bytes:
+    """The bytes of the small state file at ``path`` (disks.json,
+    disk.info), which may have arrived with an instance from another host:
+    never read through a symlink (it could name one of this host's files)
+    and only from a regular file (a FIFO would block the read for ever).
+    FileNotFoundError if there is none, NotRegularFile otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                     os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, 'a symlink, not a file',
+                                 path) from e
+        raise
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, 'not a regular file', path)
+    with os.fdopen(fd, 'rb') as f:
+        return f.read()
+
+
 @nospace.guarded(lambda path, *a, **k: path)
 def atomic_write_json(path: str, data: Any, indent: int | None = 1) -> None:
     """Write ``data`` as JSON to ``path``: temp file, fsync, rename, fsync

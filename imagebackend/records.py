@@ -285,10 +285,13 @@ class InstanceDirStore:
     def _read(self, instance: str) -> dict[str, DiskRecord]:
         path = self.path(instance)
         try:
-            with open(path) as f:
-                data = json.load(f)
+            raw = fileutils.read_state_file(path)
         except FileNotFoundError:
             return {}
+        except fileutils.NotRegularFile as e:
+            raise exception.CorruptRecord(location=path, reason=e.strerror)
+        try:
+            data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise exception.CorruptRecord(location=path,
                                           reason=f'not valid JSON: {e}')
