@@ -264,6 +264,12 @@ class Image(abc.ABC):
         returned without making ``target``: the caller learns which
         function failed it, not an OSError from whatever reads it next."""
         prepare_template(target=target, *args, **kwargs)
+        Image._require_made(prepare_template, target)
+
+    @staticmethod
+    def _require_made(prepare_template: Callable[..., None],
+                      target: str) -> None:
+        """NothingMade unless ``prepare_template`` made ``target``."""
         if not os.path.exists(target):
             raise exception.NothingMade(
                 function=callable_name(prepare_template), path=target)

@@ -233,10 +233,7 @@ class Rbd(rbd_create.RbdCreate, rbd_plans.RbdPlans, rbd_clone.RbdClone,
         # prepare_template may have cloned the disk already (Nova's
         # clone_fallback_to_fetch calls clone()); else import the template.
         if not self.exists():
-            if not os.path.exists(base):
-                raise exception.NothingMade(
-                    function=image.callable_name(prepare_template),
-                    path=base)
+            self._require_made(prepare_template, base)
             fmt, _size = self.image_cache.legacy_base(base, safe)
             converted = self._import_file(base, fmt, self.rbd_name)
             why = ("Nova's create_image: the cached template is imported "
