@@ -46,10 +46,7 @@ MODULES = {
          'TestUpdateProviderTree.test_update_provider_tree_for_shared_'
          'disk_gb_resource': 'xfail'}),
 }
-ALLOWLIST = MODULES['test_imagebackend'].allowlist
-
-
-def read_allowlist(path=ALLOWLIST) -> dict[str, str]:
+def read_allowlist(path: str) -> dict[str, str]:
     """{test id (without the module prefix): reason}; '#' lines are
     comments, a reason follows the id after ' -- '."""
     allowed = {}
